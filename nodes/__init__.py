@@ -1,0 +1,13 @@
+"""ComfyUI adapters of the pack (V3 schema). The only place, with the root __init__, that imports ComfyUI."""
+
+from comfy_api.latest import ComfyExtension, io
+
+from .sampling import OneStepGenerate, OneStepSampler, OneStepSigmas
+from .students import OneStepLoadStudent
+
+NODES: list[type[io.ComfyNode]] = [OneStepSampler, OneStepSigmas, OneStepGenerate, OneStepLoadStudent]
+
+
+class OneStepExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES

@@ -1,0 +1,146 @@
+"""One-step sampling nodes: a SAMPLER and SIGMAS for the stock custom samplers, and a one-node generator."""
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+import torch
+from comfy_api.latest import io
+
+from ..distill.one_step import sample_one_step
+from .presets import PRESET_TOOLTIP, PRESETS, preset_sigmas
+
+CATEGORY = "OneStep/sampling"
+MAX_STEPS = 8
+
+
+class OneStepInputError(ValueError):
+    """Bad input to a OneStep node; the message names the node, the value and the fix."""
+
+
+def latent_channels_of(base_model) -> int:
+    return base_model.latent_format.latent_channels
+
+
+def one_step_sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """KSAMPLER entry point: check the latent, then run the pure one-step sampler with the model's own re-noising."""
+    base_model = model.inner_model.inner_model
+    expected = latent_channels_of(base_model)
+    if x.ndim >= 2 and x.shape[1] != expected:
+        raise OneStepInputError(
+            f"OneStep Sampler: the latent has {x.shape[1]} channels but this {type(base_model).__name__} model "
+            f"expects {expected}. Feed it a latent made for this model (an Empty Latent Image of the model's "
+            f"family, or a VAE Encode with the matching VAE)."
+        )
+    return sample_one_step(
+        model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+        renoise=base_model.model_sampling.noise_scaling,
+    )
+
+
+def steps_input() -> io.Int.Input:
+    return io.Int.Input(
+        "steps", default=1, min=1, max=MAX_STEPS,
+        tooltip="1 for one-step generation. k > 1 re-noises the student's output with fresh noise at "
+                "t_init * (1 - i/k) and runs it again (SiD-LSG's multistep variant).",
+    )
+
+
+def preset_inputs() -> list:
+    return [
+        io.Combo.Input("preset", options=PRESETS, default="auto", tooltip=PRESET_TOOLTIP),
+        steps_input(),
+        io.Float.Input(
+            "custom_value", default=2.5, min=0.0, max=10000.0, step=0.0001, round=False,
+            tooltip="The sigma (custom-sigma) or timestep (custom-timestep) to start from; ignored by the other presets.",
+        ),
+    ]
+
+
+class OneStepSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="OneStepSampler",
+            display_name="OneStep Sampler",
+            category=CATEGORY,
+            description="Sampler for SiD / SiD-LSG / SIM one-step students: the student's x0 at each noise level of "
+                        "the SIGMAS, re-noised with fresh noise between levels. Use with SamplerCustom at cfg 1.",
+            inputs=[],
+            outputs=[io.Sampler.Output(tooltip="Connect to SamplerCustom / SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        return io.NodeOutput(comfy.samplers.KSAMPLER(one_step_sampler_function))
+
+
+class OneStepSigmas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="OneStepSigmas",
+            display_name="OneStep Sigmas",
+            category=CATEGORY,
+            description="Noise levels for a one-step (or k-step) student, from a preset resolved on the model's schedule.",
+            inputs=[io.Model.Input("model", tooltip="The student; its schedule turns timesteps into sigmas.")]
+            + preset_inputs(),
+            outputs=[io.Sigmas.Output(tooltip="[sigma_0, ..., 0]: connect to SamplerCustom's sigmas.")],
+        )
+
+    @classmethod
+    def execute(cls, model, preset, steps, custom_value) -> io.NodeOutput:
+        return io.NodeOutput(preset_sigmas("OneStep Sigmas", model, preset, steps, custom_value))
+
+
+class OneStepGenerate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="OneStepGenerate",
+            display_name="OneStep Generate",
+            category=CATEGORY,
+            description="Generate latents from a one-step student in one node: noise, one network evaluation "
+                        "(or k), no classifier-free guidance (it is distilled into the student).",
+            inputs=[
+                io.Model.Input("model", tooltip="A one-step student, e.g. from OneStep Load Student."),
+                io.Conditioning.Input("positive", tooltip="The prompt, encoded with the student's text encoder."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the initial noise (and of the re-noising for k > 1)."),
+                io.Int.Input("batch_size", default=1, min=1, max=4096, tooltip="Images per run."),
+                io.Int.Input("width", default=512, min=16, max=16384, step=8, tooltip="Image width in pixels."),
+                io.Int.Input("height", default=512, min=16, max=16384, step=8, tooltip="Image height in pixels."),
+            ]
+            + preset_inputs(),
+            outputs=[io.Latent.Output(tooltip="Decode with the student's VAE.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, batch_size=1, width=512, height=512, **_) -> bool | str:
+        if batch_size is not None and batch_size < 1:
+            return f"OneStep Generate: batch_size must be at least 1, got {batch_size}."
+        for name, value in (("width", width), ("height", height)):
+            if value is not None and value < 16:
+                return f"OneStep Generate: {name} must be at least 16 pixels, got {value}."
+        return True
+
+    @classmethod
+    def execute(cls, model, positive, seed, batch_size, width, height, preset, steps, custom_value) -> io.NodeOutput:
+        message = cls.validate_inputs(batch_size=batch_size, width=width, height=height)
+        if message is not True:
+            raise OneStepInputError(message)
+        sigmas = preset_sigmas("OneStep Generate", model, preset, steps, custom_value)
+        latent_format = model.get_model_object("latent_format")
+        downscale = getattr(latent_format, "spacial_downscale_ratio", 8)
+        latent = torch.zeros(
+            [batch_size, latent_format.latent_channels, height // downscale, width // downscale],
+            device=comfy.model_management.intermediate_device(),
+        )
+        noise = comfy.sample.prepare_noise(latent, seed)
+        callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
+        samples = comfy.sample.sample_custom(
+            model, noise, 1.0, comfy.samplers.KSAMPLER(one_step_sampler_function), sigmas, positive, [],
+            latent, callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
+        )
+        return io.NodeOutput({"samples": samples})

@@ -1,0 +1,64 @@
+"""OneStep Load Student: a one-step student's UNet from safetensors, with the sampling preset it was saved with."""
+
+import comfy.sd
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from ..distill.student_file import StudentFileError, StudentInfo, read_student_metadata
+from .presets import STUDENT_INFO_KEY
+
+STUDENT_FOLDER = "diffusion_models"
+
+
+class OneStepLoadStudent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="OneStepLoadStudent",
+            display_name="OneStep Load Student",
+            category="OneStep/loaders",
+            description="Load a SiD / SiD-LSG / SIM student (ComfyUI or diffusers UNet layout) from "
+                        "models/diffusion_models. Safetensors only: convert released pickles with "
+                        "tools/convert_student.py.",
+            inputs=[
+                io.Combo.Input(
+                    "student_name", options=folder_paths.get_filename_list(STUDENT_FOLDER),
+                    tooltip="A .safetensors student in models/diffusion_models (or models/unet).",
+                ),
+            ],
+            outputs=[
+                io.Model.Output(tooltip="The student; OneStep Generate's 'auto' preset reads how to sample it."),
+                io.String.Output("info", tooltip="What the file's metadata says: preset, noise level, method, teacher."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, student_name) -> io.NodeOutput:
+        path = folder_paths.get_full_path(STUDENT_FOLDER, student_name)
+        if path is None:
+            raise StudentFileError(
+                f"OneStep Load Student: '{student_name}' is not in {folder_paths.get_folder_paths(STUDENT_FOLDER)}."
+            )
+        try:
+            metadata = read_student_metadata(path)
+        except StudentFileError as error:
+            raise StudentFileError(f"OneStep Load Student: {error}") from None
+        state_dict = comfy.utils.load_torch_file(path, safe_load=True)
+        model = comfy.sd.load_diffusion_model_state_dict(state_dict, metadata=metadata)
+        if model is None:
+            raise StudentFileError(
+                f"OneStep Load Student: ComfyUI could not detect the architecture of '{student_name}'. "
+                "The file must hold a full UNet/DiT state dict (ComfyUI or diffusers key layout)."
+            )
+        info = StudentInfo.from_metadata(metadata)
+        if info is not None:
+            model.model_options[STUDENT_INFO_KEY] = info
+        return io.NodeOutput(model, _describe(student_name, info))
+
+
+def _describe(name: str, info: StudentInfo | None) -> str:
+    if info is None:
+        return f"{name}: no OneStep metadata; the 'auto' preset decides from the model type."
+    parts = [f"{field}={value}" for field, value in vars(info).items() if value not in (None, "")]
+    return f"{name}: " + ", ".join(parts)

@@ -1,0 +1,18 @@
+"""Load the repository root as the package ``onestep``, whatever the clone's folder is called.
+
+ComfyUI imports the pack under its folder name; the tests need one fixed name so that the
+pack's relative imports resolve the same way everywhere.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+_loader_path = Path(__file__).resolve().parents[1] / "tools" / "pack_loader.py"
+_spec = importlib.util.spec_from_file_location("_onestep_pack_loader", _loader_path)
+_pack_loader = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_pack_loader)
+_pack_loader.load_pack()
+
+# Helpers shared by the tiers and the tools (comfy_host, comfy_server, random_models) import by plain name.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))

@@ -1,0 +1,53 @@
+"""One real ComfyUI server for the e2e tier, with the pack linked under an awkward folder name."""
+
+import json
+from pathlib import Path
+
+import comfy_host
+import pytest
+from comfy_server import ComfyServer
+from random_models import ensure_random_sd15_files
+from workflow_files import PACK_FOLDER_NAME
+
+comfy_host.import_comfy()  # the tests import the pack's node list, and the random files need comfy's modules
+REPO_ROOT = comfy_host.REPO_ROOT
+MODEL_CACHE = REPO_ROOT / ".cache" / "models"
+STUDENT_METADATA = {"onestep.preset": json.dumps("sid-lsg"), "onestep.teacher": json.dumps("random SD1.5")}
+
+# Files the shipped workflows name, and what the e2e tier puts there.
+RANDOM_SD15_FILES = {
+    "checkpoints/v1-5-pruned-emaonly.safetensors": "checkpoint",
+    "diffusion_models/sid_lsg_sd15_cfg1.5.safetensors": "unet",
+}
+# The SIM workflow needs a 4.7B-parameter T5-XXL: too large to fabricate here, so these names exist only
+# for the server's validation of the graph (see test_workflows.py).
+PLACEHOLDER_FILES = [
+    "diffusion_models/sim_dit_600m.safetensors",
+    "text_encoders/t5xxl_fp16.safetensors",
+    "vae/sd-vae-ft-ema.safetensors",
+]
+
+
+def write_placeholder_safetensors(path: Path) -> None:
+    header = b'{"__metadata__":{"onestep.placeholder":"true"}}'
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    cached = ensure_random_sd15_files(MODEL_CACHE, STUDENT_METADATA)
+    base = tmp_path_factory.mktemp("comfy_base")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / PACK_FOLDER_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
+    for relative, kind in RANDOM_SD15_FILES.items():
+        (base / "models" / relative).parent.mkdir(parents=True, exist_ok=True)
+        (base / "models" / relative).symlink_to(cached[kind])
+    for relative in PLACEHOLDER_FILES:
+        (base / "models" / relative).parent.mkdir(parents=True, exist_ok=True)
+        write_placeholder_safetensors(base / "models" / relative)
+    (base / "models" / "diffusion_models" / "not_a_student.ckpt").write_bytes(b"\x80\x04this is a pickle")
+    comfy_server = ComfyServer(comfy_host.COMFYUI_DIR, base, base / "server.log").start()
+    try:
+        yield comfy_server
+    finally:
+        comfy_server.stop()

@@ -1,0 +1,141 @@
+"""The pack inside a real ComfyUI server: registration, shipped workflows, bad input."""
+
+import copy
+import io
+
+import pytest
+from PIL import Image
+from workflow_files import PACK_FOLDER_NAME, load_api_workflow, load_ui_workflow
+
+from onestep.nodes import NODES
+
+WORKFLOWS = ["onestep_sid_lsg_sd15", "onestep_teacher_vs_student_sd15", "onestep_sim_pixart"]
+TEST_SIZE = 64  # pixels: the random SD1.5 files are full size, the images are tiny so the CPU run is quick
+TEACHER_TEST_STEPS = 3  # the shipped 25 cost ~3 minutes of full-size UNet calls on a 2-core CPU
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def shrink(prompt: dict) -> dict:
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        if node["class_type"] in ("OneStepGenerate", "EmptyLatentImage"):
+            node["inputs"]["width"] = node["inputs"]["height"] = TEST_SIZE
+        if node["class_type"] == "KSampler":
+            node["inputs"]["steps"] = TEACHER_TEST_STEPS
+    return prompt
+
+
+def node_id_of(prompt: dict, class_type: str) -> str:
+    return next(key for key, node in prompt.items() if node["class_type"] == class_type)
+
+
+def images_of(server, result) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(data)) for data in server.output_images(result["history"])]
+
+
+def test_object_info_lists_every_node_with_a_tooltip_on_every_input(server):
+    info = server.get_json("/object_info")
+    for node in NODES:
+        node_id = node.GET_SCHEMA().node_id
+        assert node_id in info, f"{node_id} missing from /object_info"
+        for section in ("required", "optional"):
+            for name, spec in info[node_id]["input"].get(section, {}).items():
+                options = spec[1] if len(spec) > 1 else {}
+                assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
+
+
+def test_template_browser_lists_the_shipped_workflows(server):
+    templates = server.get_json("/workflow_templates")
+    assert sorted(templates[PACK_FOLDER_NAME]) == sorted(WORKFLOWS)
+
+
+def ui_to_api(ui: dict, object_info: dict) -> dict:
+    """What the frontend sends for a UI-format workflow: widget values mapped to input names in schema order."""
+    links = {link[0]: link for link in ui["links"]}
+    prompt = {}
+    for node in ui["nodes"]:
+        schema = object_info[node["type"]]["input"]
+        specs = {**schema.get("required", {}), **schema.get("optional", {})}
+        order = object_info[node["type"]]["input_order"]
+        linked = {entry["name"]: links[entry["link"]] for entry in node["inputs"] if entry["link"] is not None}
+        values = iter(node["widgets_values"])
+        inputs = {}
+        for name in order.get("required", []) + order.get("optional", []):
+            if name in linked:
+                inputs[name] = [str(linked[name][1]), linked[name][2]]
+                continue
+            spec = specs[name]
+            if not (isinstance(spec[0], list) or spec[0] in WIDGET_TYPES):
+                continue
+            inputs[name] = next(values)
+            if len(spec) > 1 and spec[1].get("control_after_generate"):
+                next(values)
+        assert next(values, None) is None, f"{node['type']} has more widget values than widgets"
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_ui_workflows_load_as_their_api_twins(server, name):
+    expected = {key: {"class_type": n["class_type"], "inputs": n["inputs"]} for key, n in load_api_workflow(name).items()}
+    assert ui_to_api(load_ui_workflow(name), server.get_json("/object_info")) == expected
+
+
+def test_sid_lsg_workflow_writes_an_image(server):
+    result = server.run_prompt(shrink(load_api_workflow("onestep_sid_lsg_sd15")))
+    assert result["error"] is None, result["error"]
+    (image,) = images_of(server, result)
+    assert image.size == (TEST_SIZE, TEST_SIZE)
+    progress = [m for m in result["messages"] if m["type"] == "progress"]
+    assert progress and progress[-1]["data"]["max"] == 1, "one step, reported through the progress bar"
+
+
+def test_teacher_vs_student_workflow_writes_the_side_by_side(server):
+    result = server.run_prompt(shrink(load_api_workflow("onestep_teacher_vs_student_sd15")))
+    assert result["error"] is None, result["error"]
+    (image,) = images_of(server, result)
+    assert image.size == (2 * TEST_SIZE, TEST_SIZE)
+
+
+def test_sim_pixart_graph_validates(server):
+    """Only validation: the SIM workflow needs a real T5-XXL (4.7B parameters) that cannot be fabricated here."""
+    prompt = shrink(load_api_workflow("onestep_sim_pixart"))
+    result = server.run_prompt(prompt)
+    assert result["status"] == 200, result["response"]
+    assert result["response"]["node_errors"] == {}
+    assert result["error"]["node_type"] in {"OneStepLoadStudent", "CLIPLoader", "VAELoader"}, (
+        "the graph validated and failed only where the placeholder weights are read"
+    )
+
+
+def test_bad_input_gets_clear_errors_and_the_server_keeps_serving(server):
+    good = shrink(load_api_workflow("onestep_sid_lsg_sd15"))
+    generate_id = node_id_of(good, "OneStepGenerate")
+    student_id = node_id_of(good, "OneStepLoadStudent")
+
+    zero_batch = copy.deepcopy(good)
+    zero_batch[generate_id]["inputs"]["batch_size"] = 0
+    result = server.run_prompt(zero_batch)
+    assert result["status"] == 400
+    assert "batch_size" in str(result["response"]["node_errors"][generate_id])
+
+    pickle_student = copy.deepcopy(good)
+    pickle_student[student_id]["inputs"]["student_name"] = "not_a_student.ckpt"
+    result = server.run_prompt(pickle_student)
+    assert "'not_a_student.ckpt' is not a safetensors file" in result["error"]["exception_message"]
+    assert "convert_student.py --allow-pickle" in result["error"]["exception_message"]
+
+    pixart_preset = copy.deepcopy(good)
+    pixart_preset[generate_id]["inputs"]["preset"] = "sim-pixart"
+    result = server.run_prompt(pixart_preset)
+    assert "OneStep Generate: preset 'sim-pixart' is for SIM-DiT" in result["error"]["exception_message"]
+
+    sigma_too_high = copy.deepcopy(good)
+    sigma_too_high[generate_id]["inputs"].update(preset="custom-sigma", custom_value=500.0)
+    result = server.run_prompt(sigma_too_high)
+    assert "sigma 500, outside this model's range" in result["error"]["exception_message"]
+
+    assert server.process.poll() is None
+    result = server.run_prompt(good)
+    assert result["error"] is None
+    assert len(images_of(server, result)) == 1

@@ -1,0 +1,86 @@
+"""Full-size SD1.5 files with random weights, so that ComfyUI's real loaders and detection run offline.
+
+Files are written once into a cache folder and reused: they are deterministic (fixed seeds).
+"""
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+SD15_UNET_CONFIG = {
+    "image_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "num_res_blocks": [2, 2, 2, 2],
+    "channel_mult": [1, 2, 4, 4],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "transformer_depth_middle": 1,
+    "context_dim": 768,
+    "use_linear_in_transformer": False,
+    "use_spatial_transformer": True,
+    "adm_in_channels": None,
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+    "num_heads": 8,
+    "num_head_channels": -1,
+}
+SD_VAE_DDCONFIG = {
+    "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+    "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0,
+}
+UNET_FILE = "random_sd15_unet.safetensors"
+CHECKPOINT_FILE = "random_sd15.safetensors"
+
+
+def _half(state_dict: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    return {prefix + k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    temporary = path.with_suffix(".tmp")
+    save_file(tensors, str(temporary), metadata=metadata)
+    os.replace(temporary, path)
+
+
+def random_sd15_unet_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """ComfyUI-layout SD1.5 UNet weights (keys as in a checkpoint's model.diffusion_model.*, prefix removed)."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    import comfy.ops
+
+    torch.manual_seed(seed)
+    unet = UNetModel(**SD15_UNET_CONFIG, operations=comfy.ops.disable_weight_init)
+    with torch.no_grad():
+        for parameter in unet.parameters():
+            parameter.normal_(0.0, 0.02)
+    return _half(unet.state_dict())
+
+
+def random_sd15_checkpoint_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """UNet + CLIP-L text encoder + VAE in the original SD1.5 checkpoint layout."""
+    import comfy.ldm.models.autoencoder
+    import comfy.sd1_clip
+
+    tensors = {f"model.diffusion_model.{k}": v for k, v in random_sd15_unet_state_dict(seed).items()}
+    torch.manual_seed(seed + 1)
+    clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)
+    clip_sd = {k: v for k, v in clip.state_dict().items() if k.startswith("transformer.")}
+    tensors.update(_half(clip_sd, "cond_stage_model."))
+    torch.manual_seed(seed + 2)
+    vae = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=SD_VAE_DDCONFIG, embed_dim=4)
+    tensors.update(_half(vae.state_dict(), "first_stage_model."))
+    return tensors
+
+
+def ensure_random_sd15_files(cache_dir: Path, unet_metadata: dict[str, str] | None = None) -> dict[str, Path]:
+    """Write (once) a random SD1.5 checkpoint and a random SD1.5 UNet ("student") into ``cache_dir``."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"checkpoint": cache_dir / CHECKPOINT_FILE, "unet": cache_dir / UNET_FILE}
+    if not paths["checkpoint"].exists():
+        _save(paths["checkpoint"], random_sd15_checkpoint_state_dict())
+    if not paths["unet"].exists():
+        _save(paths["unet"], random_sd15_unet_state_dict(seed=3), unet_metadata)
+    return paths
