@@ -1,0 +1,58 @@
+"""The pure one-step sampler, on a denoiser whose answer is known in closed form."""
+
+import pytest
+import torch
+
+from onestep.distill.one_step import fresh_noise, multistep_levels, sample_one_step
+
+
+def gaussian_denoiser(x, sigma, **_):
+    """Exact x0-denoiser for data ~ N(0, 1): E[x0 | x0 + sigma * eps = x] = x / (1 + sigma^2)."""
+    return x / (1 + sigma.view(-1, *[1] * (x.ndim - 1)) ** 2)
+
+
+def test_one_step_returns_the_denoiser_output_at_the_first_level():
+    z = torch.randn(3, 4, 5, 5, generator=torch.manual_seed(0))
+    x = 2.5 * z
+    out = sample_one_step(gaussian_denoiser, x, torch.tensor([2.5, 0.0]))
+    torch.testing.assert_close(out, 2.5 * z / (1 + 2.5**2))
+
+
+def test_k_steps_visit_each_level_and_renoise_in_between():
+    calls, renoised = [], []
+
+    def recording_denoiser(x, sigma, **_):
+        calls.append(float(sigma[0]))
+        return gaussian_denoiser(x, sigma)
+
+    def renoise(sigma, noise, x0):
+        renoised.append(float(sigma))
+        return x0 + sigma * noise
+
+    sigmas = torch.tensor([2.5, 1.5, 0.5, 0.0])
+    x = 2.5 * torch.randn(2, 3, 4, 4, generator=torch.manual_seed(1))
+    sample_one_step(recording_denoiser, x, sigmas, extra_args={"seed": 5}, renoise=renoise)
+    assert calls == pytest.approx([2.5, 1.5, 0.5])
+    assert renoised == pytest.approx([1.5, 0.5])
+
+
+def test_callback_sees_every_step_with_its_denoised_output():
+    seen = []
+    sample_one_step(gaussian_denoiser, torch.ones(1, 1, 2, 2), torch.tensor([2.0, 1.0, 0.0]),
+                    callback=lambda info: seen.append((info["i"], float(info["sigma"]))))
+    assert seen == [(0, 2.0), (1, 1.0)]
+
+
+def test_fresh_noise_is_reproducible_and_differs_between_steps_and_seeds():
+    like = torch.zeros(2, 4, 8, 8)
+    torch.testing.assert_close(fresh_noise(like, 3, 0), fresh_noise(like, 3, 0))
+    assert not torch.allclose(fresh_noise(like, 3, 0), fresh_noise(like, 3, 1))
+    assert not torch.allclose(fresh_noise(like, 3, 0), fresh_noise(like, 4, 0))
+    assert abs(float(fresh_noise(torch.zeros(100_000), 1, 0).std()) - 1.0) < 0.02
+
+
+def test_multistep_levels_are_sid_lsg_timesteps():
+    assert multistep_levels(625, 1) == [625]
+    assert multistep_levels(625, 4) == pytest.approx([625, 468.75, 312.5, 156.25])
+    with pytest.raises(ValueError, match="at least 1"):
+        multistep_levels(625, 0)
