@@ -8,15 +8,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 COMFYUI_DIR = Path(os.environ.get("ONESTEP_COMFYUI_DIR", REPO_ROOT / ".comfyui"))
 
 
-def import_comfy() -> None:
-    """Put ComfyUI on sys.path and force CPU before any comfy module reads its arguments."""
+def import_comfy(cpu: bool = True) -> None:
+    """Put ComfyUI on sys.path and (by default) force the CPU before any comfy module reads its arguments."""
     if not (COMFYUI_DIR / "comfy").is_dir():
         raise RuntimeError(f"No ComfyUI at {COMFYUI_DIR}: run `make test` (it installs the host) first.")
     if str(COMFYUI_DIR) not in sys.path:
         sys.path.insert(0, str(COMFYUI_DIR))
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = cpu
     import comfy.model_management  # noqa: F401  (reads args.cpu once, at import)
 
 

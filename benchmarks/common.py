@@ -1,0 +1,62 @@
+"""Shared by the benchmark scripts: timing, the device description, and writing results of record."""
+
+import json
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCHMARKS_DIR / "results"
+RESULTS_TABLE = BENCHMARKS_DIR / "RESULTS.md"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(function, device: torch.device) -> float:
+    """Wall-clock seconds of one call, the device synchronised on both sides."""
+    synchronize(device)
+    started = time.perf_counter()
+    function()
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def interleaved_medians(functions: dict, repeats: int, device: torch.device) -> dict[str, float]:
+    """Median seconds of each function, run in turn (A B C A B C ...) so drift hits all alike."""
+    samples = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            samples[name].append(time_call(function, device))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def write_result(name: str, result: dict, command: str, summary: str) -> Path:
+    """Write results/<name>.json and add a row to RESULTS.md (the table of record)."""
+    result = {**result, "command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "torch": torch.__version__}
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    row = f"| {result['date']} | `{name}` | {result['device']} | {summary} | `{command}` |\n"
+    if not RESULTS_TABLE.exists():
+        RESULTS_TABLE.write_text(
+            "# Benchmark results of record\n\nEach row: one run of a script in `benchmarks/`, with the exact command. "
+            "Ratios are measured within one run; absolute times depend on the machine.\n\n"
+            "| date | benchmark | device | result | command |\n|---|---|---|---|---|\n"
+        )
+    with RESULTS_TABLE.open("a") as table:
+        table.write(row)
+    return path

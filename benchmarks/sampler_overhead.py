@@ -1,0 +1,123 @@
+"""What does sampling a one-step student through ComfyUI cost, next to calling the network directly and
+next to the teacher's 25-step, cfg-7.5 sampling of the same network?
+
+    python benchmarks/sampler_overhead.py --quick          # CPU, SD1.5-size UNet, 128 px, batch 1
+    python benchmarks/sampler_overhead.py --device cuda     # GPU: SD1.5-size UNet, 512 px, batch 1 and 8, fp16
+
+All three are timed in one run on one SD1.5-size UNet with random weights (timing does not depend on the
+weights): `OneStep Generate` as ComfyUI executes it, the bare `apply_model` call it wraps (same input scaling,
+same sigma, same conditioning), and ComfyUI's KSampler with euler / normal / 25 steps / cfg 7.5.
+"""
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import comfy_host  # noqa: E402
+from pack_loader import load_pack  # noqa: E402
+from common import describe_device, interleaved_medians, time_call, write_result  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="CPU-sized run: 128 px, batch 1, few repeats")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--size", type=int, default=None, help="image size in pixels (default 128 quick, 512 full)")
+    parser.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (default 1 quick, 1 8 full)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats of the one-step paths")
+    return parser.parse_args()
+
+
+def build_sd15_unet(device: str):
+    """A ComfyUI MODEL: a random SD1.5-size UNet, detected by ComfyUI from its weights."""
+    import comfy.sd
+    import torch
+    from random_models import random_sd15_unet_state_dict
+
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    return comfy.sd.load_diffusion_model_state_dict(random_sd15_unet_state_dict(), model_options={"dtype": dtype})
+
+
+def main() -> int:
+    args = parse_args()
+    quick = args.quick
+    size = args.size or (128 if quick else 512)
+    batches = args.batches or ([1] if quick else [1, 8])
+    repeats = args.repeats or (5 if quick else 20)
+    comfy_host.import_comfy(cpu=args.device == "cpu")
+    load_pack()
+    import comfy.model_management
+    import comfy.sample
+    import comfy.samplers
+    import torch
+
+    from onestep.nodes.sampling import OneStepGenerate
+
+    device = comfy.model_management.get_torch_device()
+    model = build_sd15_unet(args.device)
+    rows = []
+    for batch in batches:
+        generator = torch.Generator().manual_seed(0)
+        positive = [[torch.randn(1, 77, 768, generator=generator), {}]]
+        negative = [[torch.randn(1, 77, 768, generator=generator), {}]]
+        latent = torch.zeros(batch, 4, size // 8, size // 8)
+
+        def one_step():
+            OneStepGenerate.execute(model, positive, 0, batch, size, size, "sid-lsg", 1, 2.5)
+
+        comfy.model_management.load_models_gpu([model])
+        sigma = torch.full([batch], 2.5017, device=device)
+        x = torch.randn(latent.shape, generator=generator).to(device) * 2.5017
+        context = positive[0][0].repeat(batch, 1, 1).to(device)
+
+        def bare_call():
+            model.model.apply_model(x, sigma, c_crossattn=context)
+
+        def teacher_25_steps():
+            noise = comfy.sample.prepare_noise(latent, 0)
+            comfy.sample.sample(model, noise, 25, 7.5, "euler", "normal", positive, negative, latent,
+                                disable_pbar=True, seed=0)
+
+        with torch.inference_mode():
+            for warm_up in (one_step, bare_call):
+                warm_up()
+            medians = interleaved_medians({"one_step": one_step, "bare_call": bare_call}, repeats, device)
+            teacher_s = min(time_call(teacher_25_steps, device) for _ in range(1 if quick else 3))
+        rows.append({
+            "batch": batch,
+            "one_step_ms": 1000 * medians["one_step"],
+            "bare_call_ms": 1000 * medians["bare_call"],
+            "teacher_25step_cfg_ms": 1000 * teacher_s,
+            "overhead_ratio": medians["one_step"] / medians["bare_call"],
+            "speedup_vs_25step_cfg": teacher_s / medians["one_step"],
+        })
+        print(json.dumps(rows[-1]), flush=True)
+
+    first = rows[0]
+    result = {
+        "overhead_ratio": first["overhead_ratio"],
+        "speedup_vs_25step_cfg": first["speedup_vs_25step_cfg"],
+        "device": describe_device(device),
+        "model": "SD1.5-size UNet (random weights)",
+        "dtype": str(next(model.model.parameters()).dtype),
+        "batch": first["batch"],
+        "image_size": size,
+        "repeats": repeats,
+        "per_batch": rows,
+    }
+    command = "python benchmarks/sampler_overhead.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
+        if len(sys.argv) > 1 else "python benchmarks/sampler_overhead.py"
+    summary = (f"overhead_ratio {first['overhead_ratio']:.3f}, speedup_vs_25step_cfg "
+               f"{first['speedup_vs_25step_cfg']:.1f}x (SD1.5-size, {size} px, batch {first['batch']})")
+    write_result("sampler_overhead", result, command, summary)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
