@@ -1,0 +1,68 @@
+"""Exponential moving average of the generator's weights.
+
+Two ways to set the decay: EDM's half-life in images (``ema_halflife_kimg``, with a ramp-up that
+shortens the half-life early in training), or a plain per-step ``beta``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def ema_beta_from_halflife(batch_size: int, halflife_nimg: float) -> float:
+    """Per-step decay for a half-life in images: beta = 0.5^(batch / halflife) (EDM, training_loop.py)."""
+    return 0.5 ** (batch_size / max(halflife_nimg, 1e-8))
+
+
+def ramped_halflife_nimg(halflife_kimg: float, cur_nimg: int, rampup_ratio: float | None) -> float:
+    """EDM's ramp-up: the half-life is at most ``rampup_ratio`` times the images seen so far."""
+    halflife_nimg = halflife_kimg * 1000
+    if rampup_ratio is not None:
+        halflife_nimg = min(halflife_nimg, cur_nimg * rampup_ratio)
+    return halflife_nimg
+
+
+class EMA:
+    """A frozen copy of a module whose floating-point weights and buffers trail the live ones."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        halflife_kimg: float | None = 0.5,
+        rampup_ratio: float | None = 0.05,
+        beta: float | None = None,
+    ):
+        if (halflife_kimg is None) == (beta is None):
+            raise ValueError("EMA needs exactly one of halflife_kimg and beta")
+        self.halflife_kimg = halflife_kimg
+        self.rampup_ratio = rampup_ratio
+        self.beta = beta
+        self.module = copy.deepcopy(module).eval().requires_grad_(False)
+
+    def decay(self, batch_size: int, cur_nimg: int) -> float:
+        """This step's beta: the fixed one, or the half-life rule after ``cur_nimg`` images."""
+        if self.beta is not None:
+            return self.beta
+        return ema_beta_from_halflife(batch_size, ramped_halflife_nimg(self.halflife_kimg, cur_nimg, self.rampup_ratio))
+
+    @torch.no_grad()
+    def update(self, module: nn.Module, batch_size: int, cur_nimg: int) -> float:
+        """ema <- beta ema + (1 - beta) live, for every float parameter and buffer; returns beta."""
+        beta = self.decay(batch_size, cur_nimg)
+        live = dict(module.named_parameters()) | dict(module.named_buffers())
+        for name, average in list(self.module.named_parameters()) + list(self.module.named_buffers()):
+            source = live[name].detach()
+            if average.is_floating_point():
+                average.copy_(source.lerp(average, beta))
+            else:
+                average.copy_(source)
+        return beta
+
+    def state_dict(self) -> dict:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state)

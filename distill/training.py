@@ -1,0 +1,422 @@
+"""The distillation loop: one fake-score step and one generator step per iteration (SiD, SiD-LSG, SIM).
+
+Three networks: the teacher ``D_phi`` (frozen), the fake score ``D_psi`` and the generator ``G``;
+the last two start as copies of the teacher unless given. The generator is a denoiser used at one
+noise level: ``x = G(init_sigma * z, init_sigma, cond)``. Each iteration draws fresh noise for both
+steps from the run's own ``torch.Generator``, so a run is a pure function of its seed and a resumed
+run repeats an uninterrupted one step for step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import (
+    STATE_FILE,
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    network_signature,
+    save_checkpoint,
+)
+from .ema import EMA
+from .losses import (
+    LSGScales,
+    drop_prompts,
+    edm_fake_score_loss,
+    eps_fake_score_loss,
+    guided_denoise,
+    sid_generator_loss,
+    sim_pseudo_huber_loss,
+)
+from .noise_levels import NoiseLevels
+from .parametrization import Denoiser, append_dims, one_step_generate
+
+METHODS = ("sid", "sid-lsg", "sim")
+SIM_WEIGHTINGS: dict[str, Callable[[Tensor], Tensor]] = {
+    "sigma2": lambda sigma: sigma**2,  # our default: the SiD-like term over sqrt(||D_phi - D_psi||^2 + c^2 sigma^4)
+    "uniform": lambda sigma: torch.ones_like(sigma),
+}
+
+
+class DivergenceError(RuntimeError):
+    """The run produced nothing finite for too many steps in a row."""
+
+
+@dataclass
+class DistillConfig:
+    """Everything that defines a distillation run (defaults: SiD on an EDM-style teacher)."""
+
+    method: str = "sid"
+    teacher_id: str = ""  # names the teacher's weights (file, hash); a resume with another teacher is refused
+    steps: int = 1000
+    batch_size: int = 8
+    sample_shape: tuple = (3, 32, 32)
+    lr_generator: float = 1e-5
+    lr_fake_score: float = 1e-5
+    adam_betas: tuple = (0.0, 0.999)
+    adam_eps: float = 1e-8
+    init_sigma: float = 2.5
+    alpha: float = 1.2
+    # noise levels: "edm" (sigma draws) or "ddpm" (integer timesteps on the SD schedule)
+    view: str = "edm"
+    fake_score_loss: str = "auto"  # "edm" (x0, EDM weight) | "eps" (epsilon MSE) | "auto": by view
+    sigma_data: float = 0.5
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    tmax: float = 800
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    t_min: int = 20
+    t_max: int = 980
+    # SiD-LSG guidance scales (used when method == "sid-lsg")
+    k_train_fake: float = 1.0
+    k_eval_fake: float = 1.0
+    k_eval_real: float = 1.0
+    prompt_dropout: float = 0.1
+    # SIM
+    sim_c: float = 1e-3
+    sim_weighting: str = "sigma2"
+    # EMA: half-life in thousands of images (EDM) or a fixed beta
+    ema_halflife_kimg: float | None = 0.5
+    ema_rampup_ratio: float | None = 0.05
+    ema_beta: float | None = None
+    seed: int = 0
+    max_nonfinite_steps: int = 5
+    checkpoint_every: int = 0
+    keep_checkpoints: int | None = 3
+    preview_every: int = 0
+    preview_count: int = 4
+
+    # fields a resumed run may change without being a different run
+    RESUMABLE: ClassVar[tuple] = (
+        "steps",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "preview_every",
+        "preview_count",
+        "max_nonfinite_steps",
+    )
+
+    def __post_init__(self):
+        self.sample_shape = tuple(self.sample_shape)
+        self.adam_betas = tuple(self.adam_betas)
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.fake_score_loss not in ("auto", "edm", "eps"):
+            raise ValueError(f"fake_score_loss must be 'auto', 'edm' or 'eps', got {self.fake_score_loss!r}")
+        if self.sim_weighting not in SIM_WEIGHTINGS:
+            raise ValueError(f"sim_weighting must be one of {tuple(SIM_WEIGHTINGS)}, got {self.sim_weighting!r}")
+        self.noise_levels()  # validates the view
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DistillConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown DistillConfig keys: {unknown}")
+        return cls(**d)
+
+    def noise_levels(self) -> NoiseLevels:
+        return NoiseLevels(
+            view=self.view,
+            p_mean=self.p_mean,
+            p_std=self.p_std,
+            tmax=self.tmax,
+            sigma_min=self.sigma_min,
+            sigma_max=self.sigma_max,
+            rho=self.rho,
+            t_min=self.t_min,
+            t_max=self.t_max,
+        )
+
+    def lsg_scales(self) -> LSGScales:
+        if self.method != "sid-lsg":
+            return LSGScales()
+        return LSGScales(
+            train_fake=self.k_train_fake,
+            eval_fake=self.k_eval_fake,
+            eval_real=self.k_eval_real,
+            prompt_dropout=self.prompt_dropout,
+        )
+
+    def resolved_fake_score_loss(self) -> str:
+        if self.fake_score_loss != "auto":
+            return self.fake_score_loss
+        return "eps" if self.view == "ddpm" else "edm"
+
+
+def _finite_rows(*tensors: Tensor) -> Tensor:
+    """Per-sample mask: every value of the sample is finite in every tensor."""
+    keep = torch.ones(tensors[0].shape[0], dtype=torch.bool, device=tensors[0].device)
+    for t in tensors:
+        keep &= t.detach().flatten(1).isfinite().all(dim=1)
+    return keep
+
+
+def _sanitize_grads(module: nn.Module) -> None:
+    """SiD's guard: NaN gradients to 0, infinities to +-1e5."""
+    for p in module.parameters():
+        if p.grad is not None:
+            torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+
+
+def _module_or_none(net: Any) -> nn.Module | None:
+    return net if isinstance(net, nn.Module) else None
+
+
+class Distiller:
+    """Holds the three networks, two Adam optimisers, the EMA and the run's RNG; steps and checkpoints."""
+
+    def __init__(
+        self,
+        teacher: Denoiser,
+        config: DistillConfig,
+        generator: nn.Module | None = None,
+        fake_score: nn.Module | None = None,
+        cond_sampler: Callable[[int, torch.Generator], Any] | None = None,
+        uncond: Any = None,
+    ):
+        if (generator is None or fake_score is None) and not isinstance(teacher, nn.Module):
+            raise TypeError("a teacher that is not an nn.Module cannot be copied: pass generator and fake_score")
+        lsg = config.lsg_scales()
+        if {lsg.train_fake, lsg.eval_fake, lsg.eval_real} != {1.0} and (cond_sampler is None or uncond is None):
+            raise ValueError("SiD-LSG guidance (a k != 1) needs a cond_sampler and an unconditional input (uncond)")
+        self.config = config
+        self.generator = generator if generator is not None else copy.deepcopy(teacher)
+        self.fake_score = fake_score if fake_score is not None else copy.deepcopy(teacher)
+        self.teacher = teacher
+        if isinstance(teacher, nn.Module):
+            teacher.eval().requires_grad_(False)
+        self.generator.train().requires_grad_(True)
+        self.fake_score.train().requires_grad_(True)
+
+        reference = next(self.generator.parameters())
+        self.device, self.dtype = reference.device, reference.dtype
+        adam = dict(betas=config.adam_betas, eps=config.adam_eps)
+        self.opt_generator = torch.optim.Adam(self.generator.parameters(), lr=config.lr_generator, **adam)
+        self.opt_fake_score = torch.optim.Adam(self.fake_score.parameters(), lr=config.lr_fake_score, **adam)
+        self.ema = EMA(self.generator, config.ema_halflife_kimg, config.ema_rampup_ratio, config.ema_beta)
+
+        self.noise = config.noise_levels()
+        self.lsg = lsg
+        self.cond_sampler = cond_sampler
+        self.uncond = uncond
+        self.rng = torch.Generator(device=self.device).manual_seed(config.seed)
+
+        preview_rng = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        self.preview_z = torch.randn(
+            (config.preview_count, *config.sample_shape), generator=preview_rng, device=self.device, dtype=self.dtype
+        )
+        self.preview_cond = cond_sampler(config.preview_count, preview_rng) if cond_sampler else None
+
+        self.step = 0
+        self.cur_nimg = 0
+        self.dropped_samples = 0
+        self.nonfinite_streak = 0
+
+    # --- sampling ----------------------------------------------------------------------------
+
+    def _randn(self, shape) -> Tensor:
+        return torch.randn(shape, generator=self.rng, device=self.device, dtype=self.dtype)
+
+    def _sample_cond(self, n: int) -> Any:
+        return self.cond_sampler(n, self.rng) if self.cond_sampler else None
+
+    def _generate(self, module: nn.Module, z: Tensor, cond: Any) -> Tensor:
+        return one_step_generate(module, z, self.config.init_sigma, cond)
+
+    @torch.no_grad()
+    def preview(self) -> Tensor:
+        """The EMA generator on a fixed batch of noise (and conditions): comparable across steps."""
+        return self._generate(self.ema.module, self.preview_z, self.preview_cond)
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, cond: Any = None, generator: torch.Generator | None = None, use_ema: bool = True
+    ) -> Tensor:
+        """n one-step samples from the EMA (or live) generator."""
+        z = torch.randn((n, *self.config.sample_shape), generator=generator, device=self.device, dtype=self.dtype)
+        return self._generate(self.ema.module if use_ema else self.generator, z, cond)
+
+    # --- the two steps -----------------------------------------------------------------------
+
+    def _fake_score_loss(self, denoised: Tensor, x_g: Tensor, x_t: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
+        if self.config.resolved_fake_score_loss() == "eps":
+            return eps_fake_score_loss(denoised, x_t, noise, sigma)
+        return edm_fake_score_loss(denoised, x_g, sigma, self.config.sigma_data)
+
+    def _generator_loss(self, y_real: Tensor, y_fake: Tensor, x_g: Tensor, sigma: Tensor) -> Tensor:
+        cfg = self.config
+        if cfg.method == "sim":
+            weight = SIM_WEIGHTINGS[cfg.sim_weighting](sigma)
+            return sim_pseudo_huber_loss(y_real, y_fake, x_g, sigma, cfg.sim_c, weight)
+        return sid_generator_loss(y_real, y_fake, x_g, cfg.alpha)
+
+    def fake_score_step(self) -> tuple[float, int]:
+        """Train D_psi on sg(G(z)) at sigma ~ the fake-score law (guided by k1 under LSG); (loss, kept)."""
+        batch = self.config.batch_size
+        cond = self._sample_cond(batch)
+        self.generator.eval()
+        with torch.no_grad():
+            x_g = self._generate(self.generator, self._randn((batch, *self.config.sample_shape)), cond)
+        sigma = self.noise.fake_score_sigmas(batch, self.rng, self.device).to(self.dtype)
+        noise = self._randn(x_g.shape)
+        sigma_b = append_dims(sigma, x_g.ndim)
+        x_t = x_g + sigma_b * noise
+        k1 = self.lsg.train_fake
+        train_cond = cond
+        if k1 != 1.0 and self.uncond is not None:
+            train_cond = drop_prompts(cond, self.uncond, self.lsg.prompt_dropout, self.rng)
+
+        self.fake_score.train().requires_grad_(True)
+        denoised = guided_denoise(self.fake_score, x_t, sigma_b, train_cond, self.uncond, k1)
+        per_sample = self._fake_score_loss(denoised, x_g, x_t, noise, sigma)
+        keep = _finite_rows(x_g, denoised) & per_sample.detach().isfinite()
+        loss = per_sample[keep].sum() / batch
+        self.opt_fake_score.zero_grad(set_to_none=True)
+        if keep.any():
+            loss.backward()
+            _sanitize_grads(self.fake_score)
+            self.opt_fake_score.step()
+        self.fake_score.eval().requires_grad_(False)
+        return (loss.item() if keep.any() else math.nan), int(keep.sum())
+
+    def generator_step(self) -> tuple[float, int]:
+        """Update G with the method's loss; gradient flows through x_g and x_t into both score nets' inputs."""
+        batch = self.config.batch_size
+        cond = self._sample_cond(batch)
+        z = self._randn((batch, *self.config.sample_shape))
+        self.generator.train().requires_grad_(True)
+        self.fake_score.eval().requires_grad_(False)
+        x_g = self._generate(self.generator, z, cond)
+        sigma = self.noise.generator_sigmas(batch, self.rng, self.device).to(self.dtype)
+        sigma_b = append_dims(sigma, x_g.ndim)
+        x_t = x_g + sigma_b * self._randn(x_g.shape)
+        y_real = guided_denoise(self.teacher, x_t, sigma_b, cond, self.uncond, self.lsg.eval_real)
+        y_fake = guided_denoise(self.fake_score, x_t, sigma_b, cond, self.uncond, self.lsg.eval_fake)
+
+        keep = _finite_rows(x_g, y_real, y_fake)
+        per_sample = self._generator_loss(y_real[keep], y_fake[keep], x_g[keep], sigma[keep])
+        finite = per_sample.detach().isfinite()
+        loss = per_sample[finite].sum() / batch
+        kept = int(finite.sum())
+        self.opt_generator.zero_grad(set_to_none=True)
+        if kept:
+            loss.backward()
+            _sanitize_grads(self.generator)
+            self.opt_generator.step()
+        self.ema.update(self.generator, batch, self.cur_nimg)
+        return (loss.item() if kept else math.nan), kept
+
+    def train_step(self) -> dict:
+        """One iteration: fake-score step, generator step, EMA; raises DivergenceError on a long non-finite run."""
+        batch = self.config.batch_size
+        fake_loss, fake_kept = self.fake_score_step()
+        generator_loss, generator_kept = self.generator_step()
+        self.step += 1
+        self.cur_nimg += batch
+        dropped = 2 * batch - fake_kept - generator_kept
+        self.dropped_samples += dropped
+        self.nonfinite_streak = self.nonfinite_streak + 1 if min(fake_kept, generator_kept) == 0 else 0
+        if self.nonfinite_streak >= self.config.max_nonfinite_steps:
+            raise DivergenceError(
+                f"distillation diverged: {self.nonfinite_streak} steps in a row (up to step {self.step}) had no finite "
+                f"sample ({self.dropped_samples} non-finite samples dropped so far); lower the learning rates or "
+                f"resume from an earlier checkpoint"
+            )
+        return {"fake_score": fake_loss, "generator": generator_loss, "dropped": dropped}
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def train(
+        self,
+        run_dir: Path | None = None,
+        on_progress: Callable[[int, int, dict], None] | None = None,
+        on_preview: Callable[[int, Tensor], None] | None = None,
+        on_checkpoint: Callable[[int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[dict]:
+        """Run until ``config.steps`` (or should_stop()); checkpoint every ``checkpoint_every`` and at the end."""
+        cfg = self.config
+        history: list[dict] = []
+        saved_step = None
+        while self.step < cfg.steps:
+            if should_stop is not None and should_stop():
+                break
+            losses = self.train_step()
+            history.append(losses)
+            if on_progress is not None:
+                on_progress(self.step, cfg.steps, losses)
+            if on_preview is not None and cfg.preview_every and self.step % cfg.preview_every == 0:
+                on_preview(self.step, self.preview())
+            if run_dir is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save(run_dir)
+                saved_step = self.step
+                if on_checkpoint is not None:
+                    on_checkpoint(self.step)
+        if run_dir is not None and history and saved_step != self.step:
+            self.save(run_dir)
+            if on_checkpoint is not None:
+                on_checkpoint(self.step)
+        return history
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def network_signature(self) -> dict:
+        nets = {"generator": self.generator, "fake_score": self.fake_score, "teacher": _module_or_none(self.teacher)}
+        return network_signature({name: net for name, net in nets.items() if net is not None})
+
+    def save(self, run_dir: Path) -> Path:
+        """Write a checkpoint of the whole run state into ``run_dir`` (atomically)."""
+        return save_checkpoint(
+            run_dir,
+            self.step,
+            weights={
+                "generator": self.generator.state_dict(),
+                "fake_score": self.fake_score.state_dict(),
+                "generator_ema": self.ema.state_dict(),
+            },
+            optimizers={"generator": self.opt_generator.state_dict(), "fake_score": self.opt_fake_score.state_dict()},
+            config=self.config.to_dict(),
+            signature=self.network_signature(),
+            generators={"noise": self.rng},
+            extra={
+                "cur_nimg": self.cur_nimg,
+                "dropped_samples": self.dropped_samples,
+                "nonfinite_streak": self.nonfinite_streak,
+            },
+            keep_last=self.config.keep_checkpoints,
+        )
+
+    def resume(self, path: Path) -> Path:
+        """Continue from a checkpoint folder (or a run folder's latest); refuses another config or network."""
+        path = Path(path)
+        folder = path if (path / STATE_FILE).exists() else latest_checkpoint(path)
+        if folder is None:
+            raise CheckpointError(f"no checkpoint found in {path}")
+        loaded = load_checkpoint(folder, self.config.to_dict(), self.network_signature(), DistillConfig.RESUMABLE)
+        self.generator.load_state_dict(loaded.weights["generator"])
+        self.fake_score.load_state_dict(loaded.weights["fake_score"])
+        self.ema.load_state_dict(loaded.weights["generator_ema"])
+        self.opt_generator.load_state_dict(loaded.optimizers["generator"])
+        self.opt_fake_score.load_state_dict(loaded.optimizers["fake_score"])
+        loaded.restore_rng({"noise": self.rng})
+        self.step = loaded.step
+        self.cur_nimg = loaded.extra["cur_nimg"]
+        self.dropped_samples = loaded.extra["dropped_samples"]
+        self.nonfinite_streak = loaded.extra["nonfinite_streak"]
+        return folder
