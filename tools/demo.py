@@ -5,7 +5,6 @@ a SiD-LSG-style student UNet with random weights. ComfyUI's real loaders, detect
 decoding all run, but the pictures are noise. The distillation demo (a later issue) replaces this.
 """
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,6 @@ from workflow_files import load_api_workflow
 REPO_ROOT = comfy_host.REPO_ROOT
 DEMO_DIR = REPO_ROOT / "demo_output"
 DEMO_SIZE, DEMO_BATCH = 256, 4
-STUDENT_METADATA = {"onestep.preset": json.dumps("sid-lsg"), "onestep.teacher": json.dumps("random SD1.5 (stand-in)")}
 
 
 def prepare_base_directory(cached: dict[str, Path]) -> Path:
@@ -40,7 +38,7 @@ def main() -> int:
     print(__doc__.strip().split("\n\n")[1])
     comfy_host.import_comfy()
     print("Preparing random-weight SD1.5 files (first run only, about a minute)...", flush=True)
-    cached = ensure_random_sd15_files(REPO_ROOT / ".cache" / "models", STUDENT_METADATA)
+    cached = ensure_random_sd15_files(REPO_ROOT / ".cache" / "models")
     base = prepare_base_directory(cached)
     prompt = load_api_workflow("onestep_sid_lsg_sd15")
     for node in prompt.values():

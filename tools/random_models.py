@@ -33,6 +33,8 @@ SD_VAE_DDCONFIG = {
     "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0,
 }
 UNET_FILE = "random_sd15_unet.safetensors"
+STUDENT_METADATA = {"onestep.preset": '"sid-lsg"', "onestep.teacher": '"random SD1.5 (stand-in)"'}
+"""What the random student file says about itself, as OneStep Load Student reads it."""
 CHECKPOINT_FILE = "random_sd15.safetensors"
 
 
@@ -75,12 +77,12 @@ def random_sd15_checkpoint_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def ensure_random_sd15_files(cache_dir: Path, unet_metadata: dict[str, str] | None = None) -> dict[str, Path]:
+def ensure_random_sd15_files(cache_dir: Path) -> dict[str, Path]:
     """Write (once) a random SD1.5 checkpoint and a random SD1.5 UNet ("student") into ``cache_dir``."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     paths = {"checkpoint": cache_dir / CHECKPOINT_FILE, "unet": cache_dir / UNET_FILE}
     if not paths["checkpoint"].exists():
         _save(paths["checkpoint"], random_sd15_checkpoint_state_dict())
     if not paths["unet"].exists():
-        _save(paths["unet"], random_sd15_unet_state_dict(seed=3), unet_metadata)
+        _save(paths["unet"], random_sd15_unet_state_dict(seed=3), STUDENT_METADATA)
     return paths

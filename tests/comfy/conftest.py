@@ -4,7 +4,7 @@ import pytest
 comfy_host.import_comfy()
 
 
-@pytest.fixture(name="comfy_host")
+@pytest.fixture(name="comfy_host", scope="session")
 def comfy_host_fixture():
     return comfy_host
 

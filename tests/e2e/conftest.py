@@ -1,6 +1,5 @@
 """One real ComfyUI server for the e2e tier, with the pack linked under an awkward folder name."""
 
-import json
 from pathlib import Path
 
 import comfy_host
@@ -12,7 +11,6 @@ from workflow_files import PACK_FOLDER_NAME
 comfy_host.import_comfy()  # the tests import the pack's node list, and the random files need comfy's modules
 REPO_ROOT = comfy_host.REPO_ROOT
 MODEL_CACHE = REPO_ROOT / ".cache" / "models"
-STUDENT_METADATA = {"onestep.preset": json.dumps("sid-lsg"), "onestep.teacher": json.dumps("random SD1.5")}
 
 # Files the shipped workflows name, and what the e2e tier puts there.
 RANDOM_SD15_FILES = {
@@ -35,7 +33,7 @@ def write_placeholder_safetensors(path: Path) -> None:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    cached = ensure_random_sd15_files(MODEL_CACHE, STUDENT_METADATA)
+    cached = ensure_random_sd15_files(MODEL_CACHE)
     base = tmp_path_factory.mktemp("comfy_base")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACK_FOLDER_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
