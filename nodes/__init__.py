@@ -2,10 +2,13 @@
 
 from comfy_api.latest import ComfyExtension, io
 
+from .fast_path import OneStepFastDecode, OneStepFastPath
 from .sampling import OneStepGenerate, OneStepSampler, OneStepSigmas
 from .students import OneStepLoadStudent
 
-NODES: list[type[io.ComfyNode]] = [OneStepSampler, OneStepSigmas, OneStepGenerate, OneStepLoadStudent]
+NODES: list[type[io.ComfyNode]] = [
+    OneStepSampler, OneStepSigmas, OneStepGenerate, OneStepLoadStudent, OneStepFastPath, OneStepFastDecode,
+]
 
 
 class OneStepExtension(ComfyExtension):

@@ -149,6 +149,22 @@ def sid_lsg_sd15() -> Workflow:
     return w
 
 
+def fast_sid_lsg_sd15() -> Workflow:
+    w = Workflow("onestep_fast_sid_lsg_sd15")
+    base = w.add("CheckpointLoaderSimple", [("ckpt_name", SD15_CHECKPOINT)], CHECKPOINT_OUTPUTS, 0, 0,
+                 "SD1.5 base (text encoder and VAE)")
+    student = w.add("OneStepLoadStudent", [("student_name", SID_LSG_STUDENT)], STUDENT_OUTPUTS, 0, 1)
+    fast = w.add("OneStepFastPath", [("model", student.out(0)), ("strategy", "auto"), ("compile", True)],
+                 [("MODEL", "MODEL")], 1, 1, "Fast path (CUDA graph; eager on the CPU)")
+    text = w.add("CLIPTextEncode", [("text", PROMPT), ("clip", base.out(1))], [("CONDITIONING", "CONDITIONING")], 1, 0)
+    latent = w.add("OneStepGenerate", one_step_generate_inputs(fast.out(0), text.out(0), "sid-lsg"),
+                   [("LATENT", "LATENT")], 2, 0)
+    image = w.add("OneStepFastDecode", [("samples", latent.out(0)), ("vae", base.out(2)), ("strategy", "auto")],
+                  [("IMAGE", "IMAGE")], 3, 0)
+    w.add("SaveImage", [("images", image.out(0)), ("filename_prefix", "onestep/fast_sid_lsg_sd15")], [], 4, 0)
+    return w
+
+
 def sim_pixart() -> Workflow:
     w = Workflow("onestep_sim_pixart")
     student = w.add("OneStepLoadStudent", [("student_name", SIM_STUDENT)], STUDENT_OUTPUTS, 0, 0,
@@ -208,7 +224,7 @@ def teacher_vs_student_sd15() -> Workflow:
     return w
 
 
-WORKFLOWS = [sid_lsg_sd15, sim_pixart, teacher_vs_student_sd15]
+WORKFLOWS = [sid_lsg_sd15, fast_sid_lsg_sd15, sim_pixart, teacher_vs_student_sd15]
 
 
 def write_all(directory: Path = WORKFLOWS_DIR) -> list[Path]:

@@ -32,14 +32,23 @@ SD_VAE_DDCONFIG = {
     "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
     "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0,
 }
-UNET_FILE = "random_sd15_unet.safetensors"
+FILES_VERSION = 2  # bump when the generated weights change, so cached files are rebuilt
+UNET_FILE = f"random_sd15_unet_v{FILES_VERSION}.safetensors"
 STUDENT_METADATA = {"onestep.preset": '"sid-lsg"', "onestep.teacher": '"random SD1.5 (stand-in)"'}
 """What the random student file says about itself, as OneStep Load Student reads it."""
-CHECKPOINT_FILE = "random_sd15.safetensors"
+CHECKPOINT_FILE = f"random_sd15_v{FILES_VERSION}.safetensors"
 
 
 def _half(state_dict: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     return {prefix + k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
+
+
+def _randomize(module: torch.nn.Module) -> torch.nn.Module:
+    """ComfyUI's layers skip weight initialisation: give every parameter a finite random value."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_(0.0, 0.02)
+    return module
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -54,26 +63,29 @@ def random_sd15_unet_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     import comfy.ops
 
     torch.manual_seed(seed)
-    unet = UNetModel(**SD15_UNET_CONFIG, operations=comfy.ops.disable_weight_init)
-    with torch.no_grad():
-        for parameter in unet.parameters():
-            parameter.normal_(0.0, 0.02)
+    unet = _randomize(UNetModel(**SD15_UNET_CONFIG, operations=comfy.ops.disable_weight_init))
     return _half(unet.state_dict())
+
+
+def random_sd_vae_state_dict(seed: int = 2) -> dict[str, torch.Tensor]:
+    """The SD KL-f8 VAE (SD1.x/2.x) with random weights, in ComfyUI's layout."""
+    import comfy.ldm.models.autoencoder
+
+    torch.manual_seed(seed)
+    vae = _randomize(comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=SD_VAE_DDCONFIG, embed_dim=4))
+    return _half(vae.state_dict())
 
 
 def random_sd15_checkpoint_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """UNet + CLIP-L text encoder + VAE in the original SD1.5 checkpoint layout."""
-    import comfy.ldm.models.autoencoder
     import comfy.sd1_clip
 
     tensors = {f"model.diffusion_model.{k}": v for k, v in random_sd15_unet_state_dict(seed).items()}
     torch.manual_seed(seed + 1)
-    clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)
+    clip = _randomize(comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32))
     clip_sd = {k: v for k, v in clip.state_dict().items() if k.startswith("transformer.")}
     tensors.update(_half(clip_sd, "cond_stage_model."))
-    torch.manual_seed(seed + 2)
-    vae = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=SD_VAE_DDCONFIG, embed_dim=4)
-    tensors.update(_half(vae.state_dict(), "first_stage_model."))
+    tensors.update({f"first_stage_model.{k}": v for k, v in random_sd_vae_state_dict(seed + 2).items()})
     return tensors
 
 

@@ -9,7 +9,8 @@ from workflow_files import PACK_FOLDER_NAME, load_api_workflow, load_ui_workflow
 
 from onestep.nodes import NODES
 
-WORKFLOWS = ["onestep_sid_lsg_sd15", "onestep_teacher_vs_student_sd15", "onestep_sim_pixart"]
+WORKFLOWS = ["onestep_sid_lsg_sd15", "onestep_fast_sid_lsg_sd15", "onestep_teacher_vs_student_sd15",
+             "onestep_sim_pixart"]
 TEST_SIZE = 64  # pixels: the random SD1.5 files are full size, the images are tiny so the CPU run is quick
 TEACHER_TEST_STEPS = 3  # the shipped 25 cost ~3 minutes of full-size UNet calls on a 2-core CPU
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -88,6 +89,14 @@ def test_sid_lsg_workflow_writes_an_image(server):
     assert image.size == (TEST_SIZE, TEST_SIZE)
     progress = [m for m in result["messages"] if m["type"] == "progress"]
     assert progress and progress[-1]["data"]["max"] == 1, "one step, reported through the progress bar"
+
+
+def test_fast_path_workflow_matches_the_eager_workflow(server):
+    eager = server.run_prompt(shrink(load_api_workflow("onestep_sid_lsg_sd15")))
+    fast = server.run_prompt(shrink(load_api_workflow("onestep_fast_sid_lsg_sd15")))
+    assert fast["error"] is None, fast["error"]
+    (eager_image,), (fast_image,) = images_of(server, eager), images_of(server, fast)
+    assert list(fast_image.getdata()) == list(eager_image.getdata()), "on the CPU the fast path runs eager"
 
 
 def test_teacher_vs_student_workflow_writes_the_side_by_side(server):
