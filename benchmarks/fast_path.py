@@ -10,6 +10,7 @@ Checks the fast outputs against the eager ones before timing. Random weights: ti
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -94,8 +95,8 @@ def main() -> int:
         "compile_s": first["compile_s"], "batch": first["batch"], "device": describe_device(device),
         "model": "SD1.5-size UNet + SD VAE (random weights), fp16", "image_size": args.size, "per_batch": rows,
     }
-    command = "python benchmarks/fast_path.py " + " ".join(sys.argv[1:])
-    write_result("fast_path", result, command.strip(),
+    command = shlex.join(["python", "benchmarks/fast_path.py", *sys.argv[1:]])
+    write_result("fast_path", result, command,
                  f"fast_ms {result['fast_ms']:.1f} vs eager_ms {result['eager_ms']:.1f} ({args.size} px, batch 1)")
     return 0
 

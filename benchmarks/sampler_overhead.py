@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import comfy_host  # noqa: E402
 from pack_loader import load_pack  # noqa: E402
-from common import describe_device, interleaved_medians, time_call, write_result  # noqa: E402
+from common import describe_device, interleaved_medians, write_result  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,7 +48,8 @@ def main() -> int:
     quick = args.quick
     size = args.size or (128 if quick else 512)
     batches = args.batches or ([1] if quick else [1, 8])
-    repeats = args.repeats or (5 if quick else 20)
+    repeats = args.repeats or (9 if quick else 20)
+    teacher_repeats = 3 if quick else 5
     comfy_host.import_comfy(cpu=args.device == "cpu")
     load_pack()
     import comfy.model_management
@@ -86,15 +87,15 @@ def main() -> int:
         with torch.inference_mode():
             for warm_up in (one_step, bare_call):
                 warm_up()
-            medians = interleaved_medians({"one_step": one_step, "bare_call": bare_call}, repeats, device)
-            teacher_s = min(time_call(teacher_25_steps, device) for _ in range(1 if quick else 3))
+            overhead = interleaved_medians({"one_step": one_step, "bare_call": bare_call}, repeats, device)
+            speedup = interleaved_medians({"one_step": one_step, "teacher": teacher_25_steps}, teacher_repeats, device)
         rows.append({
             "batch": batch,
-            "one_step_ms": 1000 * medians["one_step"],
-            "bare_call_ms": 1000 * medians["bare_call"],
-            "teacher_25step_cfg_ms": 1000 * teacher_s,
-            "overhead_ratio": medians["one_step"] / medians["bare_call"],
-            "speedup_vs_25step_cfg": teacher_s / medians["one_step"],
+            "one_step_ms": 1000 * overhead["one_step"],
+            "bare_call_ms": 1000 * overhead["bare_call"],
+            "teacher_25step_cfg_ms": 1000 * speedup["teacher"],
+            "overhead_ratio": overhead["one_step"] / overhead["bare_call"],
+            "speedup_vs_25step_cfg": speedup["teacher"] / speedup["one_step"],
         })
         print(json.dumps(rows[-1]), flush=True)
 
@@ -108,10 +109,10 @@ def main() -> int:
         "batch": first["batch"],
         "image_size": size,
         "repeats": repeats,
+        "teacher_repeats": teacher_repeats,
         "per_batch": rows,
     }
-    command = "python benchmarks/sampler_overhead.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
-        if len(sys.argv) > 1 else "python benchmarks/sampler_overhead.py"
+    command = shlex.join(["python", "benchmarks/sampler_overhead.py", *sys.argv[1:]])
     summary = (f"overhead_ratio {first['overhead_ratio']:.3f}, speedup_vs_25step_cfg "
                f"{first['speedup_vs_25step_cfg']:.1f}x (SD1.5-size, {size} px, batch {first['batch']})")
     write_result("sampler_overhead", result, command, summary)

@@ -3,11 +3,13 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .fast_path import OneStepFastDecode, OneStepFastPath
+from .pack_models import OneStepClassLabel, OneStepLoadPackModel, OneStepPixelsToImage
 from .sampling import OneStepGenerate, OneStepSampler, OneStepSigmas
 from .students import OneStepLoadStudent
 
 NODES: list[type[io.ComfyNode]] = [
     OneStepSampler, OneStepSigmas, OneStepGenerate, OneStepLoadStudent, OneStepFastPath, OneStepFastDecode,
+    OneStepLoadPackModel, OneStepClassLabel, OneStepPixelsToImage,
 ]
 
 

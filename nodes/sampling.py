@@ -109,8 +109,10 @@ class OneStepGenerate(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the initial noise (and of the re-noising for k > 1)."),
                 io.Int.Input("batch_size", default=1, min=1, max=4096, tooltip="Images per run."),
-                io.Int.Input("width", default=512, min=16, max=16384, step=8, tooltip="Image width in pixels."),
-                io.Int.Input("height", default=512, min=16, max=16384, step=8, tooltip="Image height in pixels."),
+                io.Int.Input("width", default=512, min=16, max=16384, step=4,
+                             tooltip="Image width in pixels (a multiple of 8 for latent-space models)."),
+                io.Int.Input("height", default=512, min=16, max=16384, step=4,
+                             tooltip="Image height in pixels (a multiple of 8 for latent-space models)."),
             ]
             + preset_inputs(),
             outputs=[io.Latent.Output(tooltip="Decode with the student's VAE.")],
@@ -133,6 +135,11 @@ class OneStepGenerate(io.ComfyNode):
         sigmas = preset_sigmas("OneStep Generate", model, preset, steps, custom_value)
         latent_format = model.get_model_object("latent_format")
         downscale = getattr(latent_format, "spacial_downscale_ratio", 8)
+        if width % downscale or height % downscale:
+            raise OneStepInputError(
+                f"OneStep Generate: {width}x{height} is not a multiple of {downscale}, this model's latent "
+                f"downscale; use e.g. {width // downscale * downscale}x{height // downscale * downscale}."
+            )
         latent = torch.zeros(
             [batch_size, latent_format.latent_channels, height // downscale, width // downscale],
             device=comfy.model_management.intermediate_device(),

@@ -137,3 +137,8 @@ def test_non_positive_batch_size_is_refused(tiny_sd15):
 def test_sid_lsg_preset_refuses_a_continuous_edm_model(tiny_edm):
     with pytest.raises(PresetError, match="preset 'sid-lsg' needs a DDPM"):
         OneStepSigmas.execute(tiny_edm, "sid-lsg", 1, 0.0)
+
+
+def test_a_size_that_is_not_a_multiple_of_the_latent_downscale_is_refused(tiny_sd15):
+    with pytest.raises(OneStepInputError, match="OneStep Generate: 60x48 is not a multiple of 8.*56x48"):
+        generate(tiny_sd15, conditioning(), width=60)
