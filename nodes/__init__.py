@@ -2,14 +2,16 @@
 
 from comfy_api.latest import ComfyExtension, io
 
+from .distill_trainer import OneStepDistillConfig, OneStepDistillTrainer, OneStepPromptSource
 from .fast_path import OneStepFastDecode, OneStepFastPath
 from .pack_models import OneStepClassLabel, OneStepLoadPackModel, OneStepPixelsToImage
 from .sampling import OneStepGenerate, OneStepSampler, OneStepSigmas
-from .students import OneStepLoadStudent
+from .students import OneStepLoadStudent, OneStepSaveStudent
 
 NODES: list[type[io.ComfyNode]] = [
     OneStepSampler, OneStepSigmas, OneStepGenerate, OneStepLoadStudent, OneStepFastPath, OneStepFastDecode,
     OneStepLoadPackModel, OneStepClassLabel, OneStepPixelsToImage,
+    OneStepDistillConfig, OneStepPromptSource, OneStepDistillTrainer, OneStepSaveStudent,
 ]
 
 

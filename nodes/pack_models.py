@@ -5,6 +5,7 @@ model type supplies the preconditioning (c_in on the input, c_skip / c_out on th
 ln(sigma) / 4 as the timestep), so the ComfyUI model wraps the raw network F of ``EDMDenoiser``.
 """
 
+from dataclasses import fields
 from pathlib import Path
 
 import comfy.conds
@@ -19,7 +20,8 @@ from comfy_api.latest import io
 
 from ..distill.network_file import load_network, read_info
 from ..distill.networks import EDMDenoiser
-from ..distill.student_file import is_safetensors
+from ..distill.student_file import StudentInfo, is_safetensors
+from .presets import STUDENT_INFO_KEY
 
 PACK_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 FOLDER = "onestep"
@@ -114,7 +116,12 @@ class OneStepLoadPackModel(io.ComfyNode):
         if path is None or not is_safetensors(path) or read_info(path).get("network") != "edm_denoiser":
             raise ValueError(f"OneStep Load Pack Model: '{model_name}' is not an EDM network saved by this pack "
                              f"(looked in {folder_paths.get_folder_paths(FOLDER)}).")
-        return io.NodeOutput(edm_model_patcher(load_network(path)))
+        model = edm_model_patcher(load_network(path))
+        info = read_info(path)
+        student = {field.name: info[field.name] for field in fields(StudentInfo) if field.name in info}
+        if student.get("preset"):
+            model.model_options[STUDENT_INFO_KEY] = StudentInfo(**student)
+        return io.NodeOutput(model)
 
 
 class OneStepClassLabel(io.ComfyNode):

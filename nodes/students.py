@@ -1,11 +1,16 @@
 """OneStep Load Student: a one-step student's UNet from safetensors, with the sampling preset it was saved with."""
 
+from pathlib import Path
+
 import comfy.sd
 import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from ..distill.student_file import StudentFileError, StudentInfo, read_student_metadata
+from ..distill.network_file import save_network
+from ..distill.student_file import StudentFileError, StudentInfo, read_student_metadata, write_safetensors_atomic
+from .pack_models import FOLDER as PACK_FOLDER
+from .pack_models import PackEDMModel, register_model_folder
 from .presets import STUDENT_INFO_KEY
 
 STUDENT_FOLDER = "diffusion_models"
@@ -62,3 +67,42 @@ def _describe(name: str, info: StudentInfo | None) -> str:
         return f"{name}: no OneStep metadata; the 'auto' preset decides from the model type."
     parts = [f"{field}={value}" for field, value in vars(info).items() if value not in (None, "")]
     return f"{name}: " + ", ".join(parts)
+
+
+class OneStepSaveStudent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="OneStepSaveStudent",
+            display_name="OneStep Save Student",
+            category="OneStep/training",
+            description="Save a trained student as safetensors with its sampling preset, method and teacher. Pack "
+                        "EDM students go to models/onestep (OneStep Load Pack Model), UNets to "
+                        "models/diffusion_models (OneStep Load Student).",
+            inputs=[
+                io.Model.Input("student", tooltip="From OneStep Distill Trainer."),
+                io.String.Input("name", default="fmnist_sid_student", tooltip="File name, without extension."),
+            ],
+            outputs=[io.String.Output("path", tooltip="The file written.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, student, name) -> io.NodeOutput:
+        if not name.strip() or "/" in name or "\\" in name:
+            raise StudentFileError(f"OneStep Save Student: '{name}' must be a plain file name.")
+        info = student.model_options.get(STUDENT_INFO_KEY) or StudentInfo()
+        if isinstance(student.model, PackEDMModel):
+            register_model_folder()
+            path = _target(PACK_FOLDER, name)
+            save_network(path, student.model.diffusion_model.denoiser, {k: v for k, v in vars(info).items()
+                                                                       if v not in (None, "")})
+        else:
+            path = _target(STUDENT_FOLDER, name)
+            state_dict = {k: v.detach().cpu() for k, v in student.model.diffusion_model.state_dict().items()}
+            write_safetensors_atomic(path, state_dict, info.to_metadata())
+        return io.NodeOutput(str(path))
+
+
+def _target(folder: str, name: str) -> Path:
+    return Path(folder_paths.get_folder_paths(folder)[0]) / f"{name.strip()}.safetensors"

@@ -1,0 +1,337 @@
+"""In-graph distillation: a teacher MODEL, prompts and a config in; a one-step student MODEL out.
+
+The math and the loop live in ``distill/``; this module adapts ComfyUI's models to the denoiser
+interface ``D(x, sigma, cond) -> x0`` and reports progress, previews, interrupts and checkpoints.
+"""
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+import latent_preview
+import torch
+from comfy_api.latest import io
+
+from ..distill.checkpoint import latest_checkpoint
+from ..distill.one_step import SIGMA_INIT_EDM, TIMESTEP_INIT_SID_LSG
+from ..distill.student_file import StudentInfo
+from ..distill.training import METHODS, DistillConfig, Distiller
+from .pack_models import PackEDMModel, PixelLatent
+from .presets import STUDENT_INFO_KEY, schedule_of
+from .training_images import grayscale_grid, training_curve
+
+NODE = "OneStep Distill Trainer"
+CONFIG = io.Custom("ONESTEP_DISTILL_CONFIG")
+PROMPTS = io.Custom("ONESTEP_PROMPTS")
+RUNS_FOLDER = "onestep_runs"
+
+
+class TrainerInputError(ValueError):
+    """Bad input to the trainer nodes; the message names the node and the fix."""
+
+
+@dataclass
+class PromptSet:
+    """Conditions to distill on: class labels [N] or text embeddings [N, tokens, dim], and the unconditional one."""
+
+    conds: torch.Tensor
+    uncond: torch.Tensor | None  # for labels the trainer fills in the teacher's null class
+    kind: str  # "labels" | "text"
+
+    @property
+    def condition_key(self) -> str:
+        return "y" if self.kind == "labels" else "c_crossattn"
+
+    def sampler(self, device: torch.device):
+        conds = self.conds.to(device)
+
+        def draw(count: int, generator: torch.Generator) -> torch.Tensor:
+            return conds[torch.randint(len(conds), (count,), generator=generator, device=generator.device).to(device)]
+
+        return draw
+
+
+class ComfyDenoiser(torch.nn.Module):
+    """D(x, sigma, cond) -> x0 through a ComfyUI BaseModel, which applies its own input scaling and parametrisation."""
+
+    def __init__(self, base_model: torch.nn.Module, condition_key: str):
+        super().__init__()
+        self.base_model = base_model
+        self.condition_key = condition_key
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype).reshape(-1).expand(x.shape[0])
+        if cond is not None and cond.shape[0] == 1 < x.shape[0]:
+            cond = cond.expand(x.shape[0], *cond.shape[1:])  # the unconditional input, shared by the batch
+        conditions = {} if cond is None else {self.condition_key: cond}
+        return self.base_model.apply_model(x, sigma, **conditions)
+
+
+def trainable_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy whose weights are ordinary tensors: loaders create inference tensors, which backward cannot save."""
+    with torch.inference_mode(False):
+        return copy.deepcopy(module)
+
+
+def teacher_fingerprint(base_model: torch.nn.Module) -> str:
+    """Names the teacher's weights for resume checks: class, size and a hash of a few tensors."""
+    parameters = list(base_model.parameters())
+    digest = hashlib.sha256()
+    for tensor in (parameters[0], parameters[len(parameters) // 2], parameters[-1]):
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return f"{type(base_model).__name__}:{sum(p.numel() for p in parameters)}:{digest.hexdigest()[:16]}"
+
+
+def check_teacher(teacher, prompts: PromptSet) -> tuple[str, float, str, PromptSet]:
+    """The noise view, the generator's sigma, the student's preset and the prompts completed for this teacher."""
+    schedule = schedule_of(teacher)
+    is_pack_model = isinstance(teacher.model, PackEDMModel)
+    if prompts.kind == "labels":
+        if not is_pack_model:
+            raise TrainerInputError(f"{NODE}: class-label prompts fit the pack's class-conditional models; this "
+                                    f"teacher is {type(teacher.model).__name__}. Use text prompts encoded with its CLIP.")
+        num_classes = teacher.model.diffusion_model.denoiser.num_classes
+        if int(prompts.conds.max()) >= num_classes:
+            raise TrainerInputError(f"{NODE}: label {int(prompts.conds.max())} is out of range for a teacher with "
+                                    f"{num_classes} classes (0..{num_classes - 1}).")
+        prompts = PromptSet(prompts.conds, torch.tensor([num_classes]), "labels")
+    if prompts.kind == "text":
+        if is_pack_model:
+            raise TrainerInputError(f"{NODE}: this teacher is class-conditional; use OneStep Prompt Source with "
+                                    "class labels.")
+        context_dim = teacher.model.model_config.unet_config.get("context_dim")
+        if context_dim is not None and prompts.conds.shape[-1] != context_dim:
+            raise TrainerInputError(f"{NODE}: the prompts were encoded to {prompts.conds.shape[-1]}-d embeddings but "
+                                    f"the teacher expects {context_dim}-d; encode them with this teacher's CLIP.")
+    if schedule.is_edm:
+        return "edm", SIGMA_INIT_EDM, "edm", prompts
+    if schedule.is_ddpm:
+        return "ddpm", schedule.sigma_at(TIMESTEP_INIT_SID_LSG), "sid-lsg", prompts
+    raise TrainerInputError(f"{NODE}: cannot distill a {type(teacher.model).__name__} with "
+                            f"{type(schedule.model_sampling).__name__}; supported: EDM and DDPM (eps / v) teachers.")
+
+
+def student_patcher(teacher, generator: ComfyDenoiser, info: StudentInfo):
+    """The (EMA) generator as a ComfyUI MODEL that OneStep Generate samples with the stored preset."""
+    with torch.inference_mode(False):
+        base_model = copy.deepcopy(generator.base_model).requires_grad_(False).eval()
+    student = comfy.model_patcher.ModelPatcher(base_model, load_device=teacher.load_device,
+                                               offload_device=teacher.offload_device)
+    student.model_options[STUDENT_INFO_KEY] = info
+    return student
+
+
+class OneStepDistillConfig(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="OneStepDistillConfig",
+            display_name="OneStep Distill Config",
+            category="OneStep/training",
+            description="Settings of a SiD / SiD-LSG / SIM distillation run (paper defaults where they exist).",
+            inputs=[
+                io.Combo.Input("method", options=list(METHODS), default="sid",
+                               tooltip="sid: Score identity Distillation. sid-lsg: SiD with long-short guidance "
+                                       "(k1..k4). sim: Score Implicit Matching with a pseudo-Huber distance."),
+                io.Int.Input("iterations", default=400, min=1, max=10_000_000,
+                             tooltip="Iterations, each one fake-score step and one generator step."),
+                io.Int.Input("batch_size", default=32, min=1, max=4096, tooltip="Samples per step."),
+                io.Float.Input("lr_generator", default=1e-5, min=0.0, max=1.0, step=1e-6, round=False,
+                               tooltip="Adam learning rate of the generator (SiD: 1e-5 CIFAR-10, 1e-6 SD)."),
+                io.Float.Input("lr_fake_score", default=1e-5, min=0.0, max=1.0, step=1e-6, round=False,
+                               tooltip="Adam learning rate of the fake score network."),
+                io.Float.Input("alpha", default=1.2, min=-10.0, max=10.0, step=0.05,
+                               tooltip="SiD's alpha (1.2 for EDM teachers, 1.0 for SD)."),
+                io.Float.Input("k1_train_fake", default=1.0, min=0.0, max=20.0, step=0.1,
+                               tooltip="SiD-LSG: guidance of the fake network in its own training (cfg_train_fake)."),
+                io.Float.Input("k2_k3_eval_fake", default=1.0, min=0.0, max=20.0, step=0.1,
+                               tooltip="SiD-LSG: guidance of the fake network in the generator loss (cfg_eval_fake)."),
+                io.Float.Input("k4_eval_real", default=1.0, min=0.0, max=20.0, step=0.1,
+                               tooltip="SiD-LSG: guidance of the teacher in the generator loss (cfg_eval_real)."),
+                io.Float.Input("sim_c", default=1e-3, min=0.0, max=100.0, step=1e-4, round=False,
+                               tooltip="SIM: the pseudo-Huber constant c (score space)."),
+                io.Int.Input("width", default=28, min=8, max=4096, step=4, tooltip="Training image width in pixels."),
+                io.Int.Input("height", default=28, min=8, max=4096, step=4, tooltip="Training image height in pixels."),
+                io.Combo.Input("precision", options=["fp32", "bf16"], default="fp32",
+                               tooltip="bf16 runs the networks under autocast (weights and Adam stay fp32)."),
+                io.Float.Input("ema_halflife_kimg", default=0.5, min=0.0, max=10_000.0, step=0.1,
+                               tooltip="Half-life of the generator's EMA, in thousands of images."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the whole run (noise, prompts)."),
+                io.Int.Input("checkpoint_every", default=100, min=0, max=1_000_000,
+                             tooltip="Write a checkpoint every N iterations (0: only at the end and on interrupt)."),
+                io.Int.Input("preview_every", default=25, min=0, max=1_000_000,
+                             tooltip="Show EMA samples on fixed noise every N iterations (0: never)."),
+            ],
+            outputs=[CONFIG.Output(tooltip="Connect to OneStep Distill Trainer.")],
+        )
+
+    @classmethod
+    def execute(cls, **settings) -> io.NodeOutput:
+        return io.NodeOutput(dict(settings))
+
+
+class OneStepPromptSource(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="OneStepPromptSource",
+            display_name="OneStep Prompt Source",
+            category="OneStep/training",
+            description="What the student learns to generate: class labels for class-conditional teachers, or text "
+                        "prompts (one per line, from the box or a file) encoded with the teacher's CLIP.",
+            inputs=[
+                io.Combo.Input("kind", options=["class labels", "text"], default="class labels",
+                               tooltip="class labels: the pack's class-conditional teachers. text: SD-style teachers."),
+                io.String.Input("labels", default="0-9", tooltip="Class labels, e.g. '0-9' or '0, 3, 7'."),
+                io.String.Input("prompts", default="", multiline=True, tooltip="Text prompts, one per line."),
+                io.String.Input("prompt_file", default="",
+                                tooltip="Optional text file of prompts, one per line (absolute, or under ComfyUI's "
+                                        "input folder)."),
+                io.Clip.Input("clip", optional=True, tooltip="The teacher's text encoder (text prompts only)."),
+            ],
+            outputs=[PROMPTS.Output(tooltip="Connect to OneStep Distill Trainer.")],
+        )
+
+    @classmethod
+    def execute(cls, kind, labels, prompts, prompt_file, clip=None) -> io.NodeOutput:
+        if kind == "class labels":
+            return io.NodeOutput(PromptSet(parse_labels(labels), uncond=None, kind="labels"))
+        lines = [line.strip() for line in prompts.splitlines() if line.strip()]
+        if prompt_file.strip():
+            lines += read_prompt_file(prompt_file.strip())
+        if not lines:
+            raise TrainerInputError("OneStep Prompt Source: the prompt list is empty; type prompts (one per line) "
+                                    "or name a prompt file.")
+        if clip is None:
+            raise TrainerInputError("OneStep Prompt Source: text prompts need the teacher's CLIP connected.")
+        conds = torch.cat([encode(clip, line) for line in lines])
+        return io.NodeOutput(PromptSet(conds, encode(clip, ""), "text"))
+
+
+def parse_labels(text: str) -> torch.Tensor:
+    labels = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            first, _, last = part.partition("-")
+            labels += list(range(int(first), int(last or first) + 1))
+        except ValueError:
+            raise TrainerInputError(f"OneStep Prompt Source: cannot read '{part}' as a label or range (e.g. 0-9).")
+    if not labels or min(labels) < 0:
+        raise TrainerInputError(f"OneStep Prompt Source: give at least one label, none negative; got '{text}'.")
+    return torch.tensor(labels)
+
+
+def read_prompt_file(name: str) -> list[str]:
+    path = Path(name) if Path(name).is_absolute() else Path(folder_paths.get_input_directory()) / name
+    if not path.is_file():
+        raise TrainerInputError(f"OneStep Prompt Source: no prompt file at {path}.")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def encode(clip, text: str) -> torch.Tensor:
+    return clip.encode_from_tokens(clip.tokenize(text))
+
+
+def distill_config(settings: dict, view: str, init_sigma: float, sample_shape: tuple, teacher_id: str):
+    return DistillConfig(
+        method=settings["method"], teacher_id=teacher_id, steps=settings["iterations"],
+        batch_size=settings["batch_size"], sample_shape=sample_shape, lr_generator=settings["lr_generator"],
+        lr_fake_score=settings["lr_fake_score"], init_sigma=init_sigma, alpha=settings["alpha"], view=view,
+        k_train_fake=settings["k1_train_fake"], k_eval_fake=settings["k2_k3_eval_fake"],
+        k_eval_real=settings["k4_eval_real"], sim_c=settings["sim_c"],
+        ema_halflife_kimg=settings["ema_halflife_kimg"], seed=settings["seed"],
+        checkpoint_every=settings["checkpoint_every"], preview_every=settings["preview_every"],
+    )
+
+
+class OneStepDistillTrainer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="OneStepDistillTrainer",
+            display_name="OneStep Distill Trainer",
+            category="OneStep/training",
+            description="Distill the teacher into a one-step student (SiD / SiD-LSG / SIM). Progress and EMA previews "
+                        "show on the node; Cancel stops after writing a checkpoint; 'resume' continues a run.",
+            inputs=[
+                io.Model.Input("teacher", tooltip="The teacher, used frozen (EDM or DDPM eps/v models)."),
+                PROMPTS.Input("prompts", tooltip="From OneStep Prompt Source."),
+                CONFIG.Input("config", tooltip="From OneStep Distill Config."),
+                io.String.Input("run_name", default="fmnist_sid",
+                                tooltip="Checkpoints go to output/onestep_runs/<run_name>."),
+                io.Boolean.Input("resume", default=True,
+                                 tooltip="Continue from the run folder's latest checkpoint when there is one."),
+            ],
+            outputs=[
+                io.Model.Output("student", tooltip="The EMA generator: sample it with OneStep Generate."),
+                io.String.Output("run_folder", tooltip="Where the checkpoints are."),
+                io.Image.Output("curve", tooltip="Generator and fake-score losses (they swing: judge by samples)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, teacher, prompts, config, run_name, resume) -> io.NodeOutput:
+        view, init_sigma, preset, prompts = check_teacher(teacher, prompts)
+        run_dir = run_folder(run_name)
+        latent_format = teacher.get_model_object("latent_format")
+        downscale = getattr(latent_format, "spacial_downscale_ratio", 8)
+        sample_shape = (latent_format.latent_channels, config["height"] // downscale, config["width"] // downscale)
+        comfy.model_management.load_models_gpu([teacher])
+        device = teacher.load_device
+        settings = distill_config(config, view, init_sigma, sample_shape, teacher_fingerprint(teacher.model))
+        with torch.inference_mode(False), torch.enable_grad():
+            teacher_denoiser = trainable_copy(ComfyDenoiser(teacher.model, prompts.condition_key)).requires_grad_(False)
+            distiller = Distiller(teacher_denoiser, settings, cond_sampler=prompts.sampler(device),
+                                  uncond=prompts.uncond.to(device))
+            start = resume_or_refuse(distiller, run_dir, resume)
+            progress = comfy.utils.ProgressBar(settings.steps)
+            progress.update_absolute(distiller.step, settings.steps)
+            previewer = latent_preview.get_previewer(device, latent_format)
+
+            def on_preview(step, samples):
+                progress.update_absolute(step, settings.steps, preview_image(samples, latent_format, previewer))
+
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["precision"] == "bf16"):
+                history = distiller.train(
+                    run_dir, on_progress=lambda step, total, _: progress.update_absolute(step, total),
+                    on_preview=on_preview, should_stop=comfy.model_management.processing_interrupted,
+                )
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        info = StudentInfo(preset=preset, sigma=init_sigma, timestep=TIMESTEP_INIT_SID_LSG if view == "ddpm" else None,
+                           method=settings.method, teacher=settings.teacher_id, steps=distiller.step)
+        student = student_patcher(teacher, distiller.ema.module, info)
+        return io.NodeOutput(student, str(run_dir), training_curve(history, start + 1))
+
+
+def run_folder(run_name: str) -> Path:
+    name = run_name.strip()
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise TrainerInputError(f"{NODE}: run_name '{run_name}' must be a plain folder name, e.g. fmnist_sid.")
+    return Path(folder_paths.get_output_directory()) / RUNS_FOLDER / name
+
+
+def resume_or_refuse(distiller: Distiller, run_dir: Path, resume: bool) -> int:
+    """Resume from the run folder's latest checkpoint; refuse to overwrite one when resume is off."""
+    if latest_checkpoint(run_dir) is None:
+        return 0
+    if not resume:
+        raise TrainerInputError(f"{NODE}: {run_dir} already holds checkpoints; turn 'resume' on to continue that "
+                                "run, or choose another run_name.")
+    try:
+        distiller.resume(run_dir)
+    except Exception as error:
+        raise TrainerInputError(f"{NODE}: cannot resume from {run_dir}: {error}") from None
+    return distiller.step
+
+
+def preview_image(samples: torch.Tensor, latent_format, previewer):
+    if isinstance(latent_format, PixelLatent):
+        return ("JPEG", grayscale_grid(samples), 512)
+    return previewer.decode_latent_to_preview_image("JPEG", samples) if previewer else None

@@ -1,0 +1,145 @@
+"""The in-graph trainer on small real models: pack EDM teacher, eps and v-prediction UNets; interrupt and resume."""
+
+import comfy.model_base
+import comfy.model_management
+import comfy.supported_models
+import folder_paths
+import pytest
+import torch
+
+from onestep.distill.networks import EDMDenoiser
+from onestep.nodes.distill_trainer import (
+    OneStepDistillConfig,
+    OneStepDistillTrainer,
+    OneStepPromptSource,
+    PromptSet,
+    TrainerInputError,
+)
+from onestep.nodes.pack_models import OneStepClassLabel, OneStepLoadPackModel, edm_model_patcher
+from onestep.nodes.presets import STUDENT_INFO_KEY
+from onestep.nodes.sampling import OneStepGenerate
+from onestep.nodes.students import OneStepSaveStudent
+
+SETTINGS = dict(method="sid", iterations=6, batch_size=4, lr_generator=1e-4, lr_fake_score=1e-4, alpha=1.2,
+                k1_train_fake=1.0, k2_k3_eval_fake=1.0, k4_eval_real=1.0, sim_c=1e-3, width=16, height=16,
+                precision="fp32", ema_halflife_kimg=0.01, seed=3, checkpoint_every=2, preview_every=2)
+
+
+@pytest.fixture(autouse=True)
+def output_folder(tmp_path):
+    previous = folder_paths.get_output_directory()
+    folder_paths.set_output_directory(str(tmp_path))
+    yield tmp_path
+    folder_paths.set_output_directory(previous)
+
+
+@pytest.fixture(scope="module")
+def pack_teacher():
+    torch.manual_seed(0)
+    network = EDMDenoiser(channels=(8, 16), blocks=1, emb_dim=16).eval()
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return edm_model_patcher(network)
+
+
+def config(**overrides):
+    return OneStepDistillConfig.execute(**{**SETTINGS, **overrides}).result[0]
+
+
+def labels(text="0-9"):
+    return OneStepPromptSource.execute("class labels", text, "", "").result[0]
+
+
+def train(teacher, prompts, run_name="run", resume=True, **overrides):
+    return OneStepDistillTrainer.execute(teacher, prompts, config(**overrides), run_name, resume).result
+
+
+def weights(student):
+    return {k: v.clone() for k, v in student.model.diffusion_model.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", ["sid", "sim"])
+def test_trainer_returns_a_student_that_one_step_generate_samples(pack_teacher, method):
+    student, run_folder, curve = train(pack_teacher, labels(), run_name=method, method=method)
+    assert student.model_options[STUDENT_INFO_KEY].preset == "edm"
+    assert student.model_options[STUDENT_INFO_KEY].steps == 6
+    assert curve.shape == (1, 320, 640, 3)
+    assert (folder_paths.get_output_directory() + "/onestep_runs/" + method) == run_folder
+    samples = OneStepGenerate.execute(student, OneStepClassLabel.execute(2).result[0], 0, 2, 16, 16, "auto", 1,
+                                      0.0).result[0]["samples"]
+    assert samples.shape == (2, 1, 16, 16) and torch.isfinite(samples).all()
+    assert any(not torch.equal(a, b) for a, b in zip(weights(student).values(), weights(pack_teacher).values()))
+
+
+def test_interrupt_then_resume_repeats_the_uninterrupted_run(pack_teacher, monkeypatch):
+    uninterrupted = weights(train(pack_teacher, labels(), run_name="straight")[0])
+
+    polls = []
+
+    def interrupt_after_three_steps():
+        polls.append(1)
+        return len(polls) > 3
+
+    monkeypatch.setattr(comfy.model_management, "processing_interrupted", interrupt_after_three_steps)
+    monkeypatch.setattr(comfy.model_management, "interrupt_processing", True)
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        train(pack_teacher, labels(), run_name="interrupted")
+    monkeypatch.undo()
+
+    student, run_folder, _ = train(pack_teacher, labels(), run_name="interrupted")
+    assert student.model_options[STUDENT_INFO_KEY].steps == 6
+    resumed = weights(student)
+    assert resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        assert torch.equal(resumed[key], uninterrupted[key]), key
+
+
+def test_a_run_folder_from_another_config_is_refused_naming_the_key(pack_teacher):
+    train(pack_teacher, labels(), run_name="shared")
+    with pytest.raises(TrainerInputError, match="cannot resume.*lr_generator"):
+        train(pack_teacher, labels(), run_name="shared", lr_generator=5e-4)
+    with pytest.raises(TrainerInputError, match="already holds checkpoints; turn 'resume' on"):
+        train(pack_teacher, labels(), run_name="shared", resume=False)
+
+
+def test_bad_prompts_are_refused_with_the_fix(pack_teacher, tiny_sd15):
+    with pytest.raises(TrainerInputError, match="the prompt list is empty"):
+        OneStepPromptSource.execute("text", "", "  \n ", "")
+    with pytest.raises(TrainerInputError, match="class-label prompts fit the pack's class-conditional models"):
+        train(tiny_sd15, labels())
+    with pytest.raises(TrainerInputError, match="label 12 is out of range"):
+        train(pack_teacher, labels("0,12"))
+    text = PromptSet(torch.randn(3, 7, 64), torch.randn(1, 7, 64), "text")
+    with pytest.raises(TrainerInputError, match="64-d embeddings but the teacher expects 32-d"):
+        train(tiny_sd15, text)
+    with pytest.raises(TrainerInputError, match="run_name '../x' must be a plain folder name"):
+        train(pack_teacher, labels(), run_name="../x")
+
+
+class TinyV(comfy.supported_models.SD15):
+    def model_type(self, state_dict, prefix=""):
+        return comfy.model_base.ModelType.V_PREDICTION
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_ddpm_unets_distill_with_text_prompts_into_sid_lsg_students(tiny_sd15, comfy_host, prediction):
+    teacher = tiny_sd15 if prediction == "eps" else comfy_host.tiny_model_patcher(TinyV)
+    prompts = PromptSet(torch.randn(3, 7, 32), torch.zeros(1, 7, 32), "text")
+    student, _, _ = train(teacher, prompts, run_name=prediction, method="sid-lsg", alpha=1.0, k4_eval_real=1.5,
+                          k2_k3_eval_fake=1.5, k1_train_fake=1.5, iterations=2, width=32, height=32)
+    info = student.model_options[STUDENT_INFO_KEY]
+    assert (info.preset, info.timestep) == ("sid-lsg", 625)
+    latent = OneStepGenerate.execute(student, [[prompts.conds[:1], {}]], 0, 1, 32, 32, "auto", 1, 0.0).result[0]
+    assert torch.isfinite(latent["samples"]).all()
+
+
+def test_saved_pack_student_loads_back_with_its_preset(pack_teacher, tmp_path):
+    student = train(pack_teacher, labels(), run_name="save")[0]
+    folder_paths.add_model_folder_path("onestep", str(tmp_path / "models"), is_default=True)
+    path = OneStepSaveStudent.execute(student, "tiny_student").result[0]
+    loaded = OneStepLoadPackModel.execute("tiny_student.safetensors").result[0]
+    assert path.endswith("tiny_student.safetensors")
+    assert loaded.model_options[STUDENT_INFO_KEY].preset == "edm"
+    for key, value in weights(student).items():
+        assert torch.equal(weights(loaded)[key], value), key
