@@ -18,10 +18,12 @@ all: test
 
 install: $(VENV)/.installed $(HOST)/.installed
 
-$(VENV)/.installed: requirements-host.txt requirements-dev.txt
+$(VENV)/.installed: requirements-host.txt requirements-pulid.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check $(TORCH_SPEC)
-	$(PIP) install -q --disable-pip-version-check -r requirements-host.txt -r requirements-dev.txt
+	$(PIP) install -q --disable-pip-version-check -r requirements-host.txt -r requirements-pulid.txt \
+		-r requirements-dev.txt
+	$(PIP) install -q --disable-pip-version-check --no-deps insightface==2.1
 	touch $@
 
 $(HOST)/.installed: $(VENV)/.installed tools/install_host.py
