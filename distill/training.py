@@ -174,6 +174,13 @@ def _sanitize_grads(module: nn.Module) -> None:
             torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
 
 
+def _data_parallel(module: nn.Module, world_size: int) -> nn.Module:
+    """DistributedDataParallel around a trained network when there are several processes (gradients averaged)."""
+    if world_size == 1:
+        return module
+    return nn.parallel.DistributedDataParallel(module)
+
+
 def _module_or_none(net: Any) -> nn.Module | None:
     return net if isinstance(net, nn.Module) else None
 
@@ -189,7 +196,10 @@ class Distiller:
         fake_score: nn.Module | None = None,
         cond_sampler: Callable[[int, torch.Generator], Any] | None = None,
         uncond: Any = None,
+        rank: int = 0,
+        world_size: int = 1,
     ):
+        """``rank`` / ``world_size``: data parallelism; ``config.batch_size`` is then the batch of each process."""
         if (generator is None or fake_score is None) and not isinstance(teacher, nn.Module):
             raise TypeError("a teacher that is not an nn.Module cannot be copied: pass generator and fake_score")
         lsg = config.lsg_scales()
@@ -210,6 +220,10 @@ class Distiller:
         self.opt_generator = torch.optim.Adam(self.generator.parameters(), lr=config.lr_generator, **adam)
         self.opt_fake_score = torch.optim.Adam(self.fake_score.parameters(), lr=config.lr_fake_score, **adam)
         self.ema = EMA(self.generator, config.ema_halflife_kimg, config.ema_rampup_ratio, config.ema_beta)
+        self.rank, self.world_size = rank, world_size
+        self.global_batch = config.batch_size * world_size
+        self.trained_generator = _data_parallel(self.generator, world_size)
+        self.trained_fake_score = _data_parallel(self.fake_score, world_size)
 
         self.noise = config.noise_levels()
         self.lsg = lsg
@@ -268,44 +282,46 @@ class Distiller:
 
     def fake_score_step(self) -> tuple[float, int]:
         """Train D_psi on sg(G(z)) at sigma ~ the fake-score law (guided by k1 under LSG); (loss, kept)."""
-        batch = self.config.batch_size
-        cond = self._sample_cond(batch)
-        self.generator.eval()
-        with torch.no_grad():
-            x_g = self._generate(self.generator, self._randn((batch, *self.config.sample_shape)), cond)
-        sigma = self.noise.fake_score_sigmas(batch, self.rng, self.device).to(self.dtype)
-        noise = self._randn(x_g.shape)
-        sigma_b = append_dims(sigma, x_g.ndim)
-        x_t = x_g + sigma_b * noise
+        batch, draws = self.config.batch_size, self.global_batch
+        cond = self._sample_cond(draws)
+        z = self._randn((draws, *self.config.sample_shape))
+        sigma = self.noise.fake_score_sigmas(draws, self.rng, self.device).to(self.dtype)
+        noise = self._randn((draws, *self.config.sample_shape))
         k1 = self.lsg.train_fake
         train_cond = cond
         if k1 != 1.0 and self.uncond is not None:
             train_cond = drop_prompts(cond, self.uncond, self.lsg.prompt_dropout, self.rng)
+        cond, z, sigma, noise, train_cond = self._local(cond, z, sigma, noise, train_cond)
 
+        self.generator.eval()
+        with torch.no_grad():
+            x_g = self._generate(self.generator, z, cond)
+        sigma_b = append_dims(sigma, x_g.ndim)
+        x_t = x_g + sigma_b * noise
         self.fake_score.train().requires_grad_(True)
-        denoised = guided_denoise(self.fake_score, x_t, sigma_b, train_cond, self.uncond, k1)
+        denoised = guided_denoise(self.trained_fake_score, x_t, sigma_b, train_cond, self.uncond, k1)
         per_sample = self._fake_score_loss(denoised, x_g, x_t, noise, sigma)
         keep = _finite_rows(x_g, denoised) & per_sample.detach().isfinite()
         loss = per_sample[keep].sum() / batch
-        self.opt_fake_score.zero_grad(set_to_none=True)
-        if keep.any():
-            loss.backward()
-            _sanitize_grads(self.fake_score)
-            self.opt_fake_score.step()
+        kept = self._all_ranks_sum(int(keep.sum()))
+        self._update(self.fake_score, self.opt_fake_score, loss, kept)
         self.fake_score.eval().requires_grad_(False)
-        return (loss.item() if keep.any() else math.nan), int(keep.sum())
+        return self._mean_over_ranks(loss.item()) if kept else math.nan, kept
 
     def generator_step(self) -> tuple[float, int]:
         """Update G with the method's loss; gradient flows through x_g and x_t into both score nets' inputs."""
-        batch = self.config.batch_size
-        cond = self._sample_cond(batch)
-        z = self._randn((batch, *self.config.sample_shape))
+        batch, draws = self.config.batch_size, self.global_batch
+        cond = self._sample_cond(draws)
+        z = self._randn((draws, *self.config.sample_shape))
+        sigma = self.noise.generator_sigmas(draws, self.rng, self.device).to(self.dtype)
+        noise = self._randn((draws, *self.config.sample_shape))
+        cond, z, sigma, noise = self._local(cond, z, sigma, noise)
+
         self.generator.train().requires_grad_(True)
         self.fake_score.eval().requires_grad_(False)
-        x_g = self._generate(self.generator, z, cond)
-        sigma = self.noise.generator_sigmas(batch, self.rng, self.device).to(self.dtype)
+        x_g = self._generate(self.trained_generator, z, cond)
         sigma_b = append_dims(sigma, x_g.ndim)
-        x_t = x_g + sigma_b * self._randn(x_g.shape)
+        x_t = x_g + sigma_b * noise
         y_real = guided_denoise(self.teacher, x_t, sigma_b, cond, self.uncond, self.lsg.eval_real)
         y_fake = guided_denoise(self.fake_score, x_t, sigma_b, cond, self.uncond, self.lsg.eval_fake)
 
@@ -313,18 +329,45 @@ class Distiller:
         per_sample = self._generator_loss(y_real[keep], y_fake[keep], x_g[keep], sigma[keep])
         finite = per_sample.detach().isfinite()
         loss = per_sample[finite].sum() / batch
-        kept = int(finite.sum())
-        self.opt_generator.zero_grad(set_to_none=True)
+        kept = self._all_ranks_sum(int(finite.sum()))
+        self._update(self.generator, self.opt_generator, loss, kept)
+        self.ema.update(self.generator, draws, self.cur_nimg)
+        return self._mean_over_ranks(loss.item()) if kept else math.nan, kept
+
+    def _update(self, module: nn.Module, optimizer: torch.optim.Optimizer, loss: Tensor, kept: int) -> None:
+        """Backward and step, unless no rank kept a finite sample (every rank takes the same branch)."""
+        optimizer.zero_grad(set_to_none=True)
         if kept:
             loss.backward()
-            _sanitize_grads(self.generator)
-            self.opt_generator.step()
-        self.ema.update(self.generator, batch, self.cur_nimg)
-        return (loss.item() if kept else math.nan), kept
+            _sanitize_grads(module)
+            optimizer.step()
+
+    # --- data parallelism: every rank draws the whole batch from the same RNG and keeps its slice ----------
+
+    def _local(self, *tensors):
+        """This rank's slice of globally drawn tensors (the whole of them when there is one process)."""
+        if self.world_size == 1:
+            return tensors
+        batch = self.config.batch_size
+        return tuple(t[self.rank * batch:(self.rank + 1) * batch] if t is not None else None for t in tensors)
+
+    def _all_ranks_sum(self, count: int) -> int:
+        if self.world_size == 1:
+            return count
+        total = torch.tensor([count], device=self.device)
+        torch.distributed.all_reduce(total)
+        return int(total.item())
+
+    def _mean_over_ranks(self, value: float) -> float:
+        if self.world_size == 1:
+            return value
+        total = torch.tensor([value], device=self.device, dtype=torch.float64)
+        torch.distributed.all_reduce(total)
+        return float(total.item()) / self.world_size
 
     def train_step(self) -> dict:
         """One iteration: fake-score step, generator step, EMA; raises DivergenceError on a long non-finite run."""
-        batch = self.config.batch_size
+        batch = self.global_batch
         fake_loss, fake_kept = self.fake_score_step()
         generator_loss, generator_kept = self.generator_step()
         self.step += 1

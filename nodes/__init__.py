@@ -2,7 +2,12 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-from .distill_trainer import OneStepDistillConfig, OneStepDistillTrainer, OneStepPromptSource
+from .distill_trainer import (
+    OneStepDistillConfig,
+    OneStepDistillTrainer,
+    OneStepExportTrainingJob,
+    OneStepPromptSource,
+)
 from .fast_path import OneStepFastDecode, OneStepFastPath
 from .pack_models import OneStepClassLabel, OneStepLoadPackModel, OneStepPixelsToImage
 from .sampling import OneStepGenerate, OneStepSampler, OneStepSigmas
@@ -11,7 +16,7 @@ from .students import OneStepLoadStudent, OneStepSaveStudent
 NODES: list[type[io.ComfyNode]] = [
     OneStepSampler, OneStepSigmas, OneStepGenerate, OneStepLoadStudent, OneStepFastPath, OneStepFastDecode,
     OneStepLoadPackModel, OneStepClassLabel, OneStepPixelsToImage,
-    OneStepDistillConfig, OneStepPromptSource, OneStepDistillTrainer, OneStepSaveStudent,
+    OneStepDistillConfig, OneStepPromptSource, OneStepDistillTrainer, OneStepSaveStudent, OneStepExportTrainingJob,
 ]
 
 

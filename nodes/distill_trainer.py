@@ -21,7 +21,9 @@ from ..distill.checkpoint import latest_checkpoint
 from ..distill.one_step import SIGMA_INIT_EDM, TIMESTEP_INIT_SID_LSG
 from ..distill.student_file import StudentInfo
 from ..distill.training import METHODS, DistillConfig, Distiller
-from .pack_models import PackEDMModel, PixelLatent
+from ..distill.job import write_job
+from ..distill.networks import EDMDenoiser
+from .pack_models import PackEDMModel, PixelLatent, edm_model_patcher
 from .presets import STUDENT_INFO_KEY, schedule_of
 from .training_images import grayscale_grid, training_curve
 
@@ -72,6 +74,14 @@ class ComfyDenoiser(torch.nn.Module):
         return self.base_model.apply_model(x, sigma, **conditions)
 
 
+def teacher_denoiser(teacher, prompts: PromptSet) -> torch.nn.Module:
+    """A frozen, trainable-dtype copy of the teacher as D(x, sigma, cond): the pack's own network where it is one
+    (so checkpoints match those of a torchrun job), else ComfyUI's model behind its apply_model."""
+    network = teacher.model.diffusion_model.denoiser if isinstance(teacher.model, PackEDMModel) else \
+        ComfyDenoiser(teacher.model, prompts.condition_key)
+    return trainable_copy(network).requires_grad_(False)
+
+
 def trainable_copy(module: torch.nn.Module) -> torch.nn.Module:
     """A copy whose weights are ordinary tensors: loaders create inference tensors, which backward cannot save."""
     with torch.inference_mode(False):
@@ -116,12 +126,15 @@ def check_teacher(teacher, prompts: PromptSet) -> tuple[str, float, str, PromptS
                             f"{type(schedule.model_sampling).__name__}; supported: EDM and DDPM (eps / v) teachers.")
 
 
-def student_patcher(teacher, generator: ComfyDenoiser, info: StudentInfo):
+def student_patcher(teacher, generator: torch.nn.Module, info: StudentInfo):
     """The (EMA) generator as a ComfyUI MODEL that OneStep Generate samples with the stored preset."""
-    with torch.inference_mode(False):
-        base_model = copy.deepcopy(generator.base_model).requires_grad_(False).eval()
-    student = comfy.model_patcher.ModelPatcher(base_model, load_device=teacher.load_device,
-                                               offload_device=teacher.offload_device)
+    if isinstance(generator, EDMDenoiser):
+        student = edm_model_patcher(generator)
+    else:
+        with torch.inference_mode(False):
+            base_model = copy.deepcopy(generator.base_model).requires_grad_(False).eval()
+        student = comfy.model_patcher.ModelPatcher(base_model, load_device=teacher.load_device,
+                                                   offload_device=teacher.offload_device)
     student.model_options[STUDENT_INFO_KEY] = info
     return student
 
@@ -278,17 +291,13 @@ class OneStepDistillTrainer(io.ComfyNode):
 
     @classmethod
     def execute(cls, teacher, prompts, config, run_name, resume) -> io.NodeOutput:
-        view, init_sigma, preset, prompts = check_teacher(teacher, prompts)
         run_dir = run_folder(run_name)
+        settings, preset, prompts = run_settings(teacher, prompts, config)
         latent_format = teacher.get_model_object("latent_format")
-        downscale = getattr(latent_format, "spacial_downscale_ratio", 8)
-        sample_shape = (latent_format.latent_channels, config["height"] // downscale, config["width"] // downscale)
         comfy.model_management.load_models_gpu([teacher])
         device = teacher.load_device
-        settings = distill_config(config, view, init_sigma, sample_shape, teacher_fingerprint(teacher.model))
         with torch.inference_mode(False), torch.enable_grad():
-            teacher_denoiser = trainable_copy(ComfyDenoiser(teacher.model, prompts.condition_key)).requires_grad_(False)
-            distiller = Distiller(teacher_denoiser, settings, cond_sampler=prompts.sampler(device),
+            distiller = Distiller(teacher_denoiser(teacher, prompts), settings, cond_sampler=prompts.sampler(device),
                                   uncond=prompts.uncond.to(device))
             start = resume_or_refuse(distiller, run_dir, resume)
             progress = comfy.utils.ProgressBar(settings.steps)
@@ -304,10 +313,56 @@ class OneStepDistillTrainer(io.ComfyNode):
                     on_preview=on_preview, should_stop=comfy.model_management.processing_interrupted,
                 )
         comfy.model_management.throw_exception_if_processing_interrupted()
-        info = StudentInfo(preset=preset, sigma=init_sigma, timestep=TIMESTEP_INIT_SID_LSG if view == "ddpm" else None,
+        info = StudentInfo(preset=preset, sigma=settings.init_sigma,
+                           timestep=TIMESTEP_INIT_SID_LSG if settings.view == "ddpm" else None,
                            method=settings.method, teacher=settings.teacher_id, steps=distiller.step)
         student = student_patcher(teacher, distiller.ema.module, info)
         return io.NodeOutput(student, str(run_dir), training_curve(history, start + 1))
+
+
+def run_settings(teacher, prompts: PromptSet, config: dict) -> tuple[DistillConfig, str, PromptSet]:
+    """The DistillConfig of a run (from the config node and the teacher), the student's preset, the prompts."""
+    view, init_sigma, preset, prompts = check_teacher(teacher, prompts)
+    latent_format = teacher.get_model_object("latent_format")
+    downscale = getattr(latent_format, "spacial_downscale_ratio", 8)
+    sample_shape = (latent_format.latent_channels, config["height"] // downscale, config["width"] // downscale)
+    return distill_config(config, view, init_sigma, sample_shape, teacher_fingerprint(teacher.model)), preset, prompts
+
+
+class OneStepExportTrainingJob(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="OneStepExportTrainingJob",
+            display_name="OneStep Export Training Job",
+            category="OneStep/training",
+            description="Write the run as a self-contained folder (config, teacher, prompts, checkpoints) for "
+                        "several GPUs: torchrun --nproc_per_node N -m <pack folder>.distill.cli JOB_DIR. The folder "
+                        "is also the trainer's run folder, so each side resumes the other. Pack EDM teachers only.",
+            inputs=[
+                io.Model.Input("teacher", tooltip="A pack EDM teacher (OneStep Load Pack Model)."),
+                PROMPTS.Input("prompts", tooltip="From OneStep Prompt Source."),
+                CONFIG.Input("config", tooltip="From OneStep Distill Config; batch_size is per process."),
+                io.String.Input("run_name", default="fmnist_sid",
+                                tooltip="The job goes to output/onestep_runs/<run_name> (checkpoints there stay)."),
+            ],
+            outputs=[
+                io.String.Output("job_dir", tooltip="The job folder."),
+                io.String.Output("command", tooltip="The command that runs it, from ComfyUI's custom_nodes folder."),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, teacher, prompts, config, run_name) -> io.NodeOutput:
+        if not isinstance(teacher.model, PackEDMModel):
+            raise TrainerInputError("OneStep Export Training Job: only the pack's own EDM teachers can run outside "
+                                    "ComfyUI; train other teachers with OneStep Distill Trainer.")
+        settings, _, prompts = run_settings(teacher, prompts, config)
+        folder = write_job(run_folder(run_name), settings, teacher.model.diffusion_model.denoiser, prompts.conds,
+                           prompts.uncond)
+        pack = Path(__file__).resolve().parents[1].name
+        return io.NodeOutput(str(folder), f"torchrun --nproc_per_node 2 -m {pack}.distill.cli {folder}")
 
 
 def run_folder(run_name: str) -> Path:

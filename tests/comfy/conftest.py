@@ -1,7 +1,12 @@
+import sys
+from pathlib import Path
+
 import comfy_host
 import pytest
+import torch
 
 comfy_host.import_comfy()
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # trainer_helpers
 
 
 @pytest.fixture(name="comfy_host", scope="session")
@@ -14,3 +19,28 @@ def tiny_sd15():
     import comfy.supported_models
 
     return comfy_host.tiny_model_patcher(comfy.supported_models.SD15)
+
+
+@pytest.fixture(autouse=True)
+def output_folder(tmp_path):
+    """Every test writes ComfyUI outputs (run folders, jobs) into its own temporary folder."""
+    import folder_paths
+
+    previous = folder_paths.get_output_directory()
+    folder_paths.set_output_directory(str(tmp_path))
+    yield tmp_path
+    folder_paths.set_output_directory(previous)
+
+
+@pytest.fixture(scope="module")
+def pack_teacher():
+    """A small random class-conditional EDM network as a ComfyUI MODEL (zero-initialised layers perturbed)."""
+    from onestep.distill.networks import EDMDenoiser
+    from onestep.nodes.pack_models import edm_model_patcher
+
+    torch.manual_seed(0)
+    network = EDMDenoiser(channels=(8, 16), blocks=1, emb_dim=16).eval()
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return edm_model_patcher(network)

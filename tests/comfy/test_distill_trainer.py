@@ -7,57 +7,13 @@ import folder_paths
 import pytest
 import torch
 
-from onestep.distill.networks import EDMDenoiser
-from onestep.nodes.distill_trainer import (
-    OneStepDistillConfig,
-    OneStepDistillTrainer,
-    OneStepPromptSource,
-    PromptSet,
-    TrainerInputError,
-)
-from onestep.nodes.pack_models import OneStepClassLabel, OneStepLoadPackModel, edm_model_patcher
+from trainer_helpers import config, labels, train, weights
+
+from onestep.nodes.distill_trainer import OneStepPromptSource, PromptSet, TrainerInputError
+from onestep.nodes.pack_models import OneStepClassLabel, OneStepLoadPackModel
 from onestep.nodes.presets import STUDENT_INFO_KEY
 from onestep.nodes.sampling import OneStepGenerate
 from onestep.nodes.students import OneStepSaveStudent
-
-SETTINGS = dict(method="sid", iterations=6, batch_size=4, lr_generator=1e-4, lr_fake_score=1e-4, alpha=1.2,
-                k1_train_fake=1.0, k2_k3_eval_fake=1.0, k4_eval_real=1.0, sim_c=1e-3, width=16, height=16,
-                precision="fp32", ema_halflife_kimg=0.01, seed=3, checkpoint_every=2, preview_every=2)
-
-
-@pytest.fixture(autouse=True)
-def output_folder(tmp_path):
-    previous = folder_paths.get_output_directory()
-    folder_paths.set_output_directory(str(tmp_path))
-    yield tmp_path
-    folder_paths.set_output_directory(previous)
-
-
-@pytest.fixture(scope="module")
-def pack_teacher():
-    torch.manual_seed(0)
-    network = EDMDenoiser(channels=(8, 16), blocks=1, emb_dim=16).eval()
-    with torch.no_grad():
-        for parameter in network.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return edm_model_patcher(network)
-
-
-def config(**overrides):
-    return OneStepDistillConfig.execute(**{**SETTINGS, **overrides}).result[0]
-
-
-def labels(text="0-9"):
-    return OneStepPromptSource.execute("class labels", text, "", "").result[0]
-
-
-def train(teacher, prompts, run_name="run", resume=True, **overrides):
-    return OneStepDistillTrainer.execute(teacher, prompts, config(**overrides), run_name, resume).result
-
-
-def weights(student):
-    return {k: v.clone() for k, v in student.model.diffusion_model.state_dict().items()}
-
 
 @pytest.mark.parametrize("method", ["sid", "sim"])
 def test_trainer_returns_a_student_that_one_step_generate_samples(pack_teacher, method):

@@ -1,0 +1,75 @@
+"""Scale-out: an exported job runs under torchrun (two gloo processes) exactly like one process with twice the batch,
+and the trainer node and the pack loader take what the job wrote."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import folder_paths
+import pytest
+import torch
+from trainer_helpers import config, labels, weights
+
+from onestep.distill.job import LOSSES_FILE, STUDENT_FILE
+from onestep.nodes.distill_trainer import OneStepDistillTrainer, OneStepExportTrainingJob, TrainerInputError
+from onestep.nodes.pack_models import OneStepLoadPackModel
+from onestep.nodes.presets import STUDENT_INFO_KEY
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+JOB_SETTINGS = dict(iterations=3, checkpoint_every=0, preview_every=0)
+
+
+@pytest.fixture
+def pack_on_path(tmp_path):
+    """A folder where the repository is importable as `onestep`, as it is from ComfyUI's custom_nodes."""
+    (tmp_path / "custom_nodes").mkdir()
+    (tmp_path / "custom_nodes" / "onestep").symlink_to(REPO_ROOT, target_is_directory=True)
+    return tmp_path / "custom_nodes"
+
+
+def run_job(job_dir: str, processes: int, cwd: Path) -> None:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                "--master_port", "0", "--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:0"]
+    command = launcher + ["-m", "onestep.distill.cli", job_dir] if processes > 1 else \
+        [sys.executable, "-m", "onestep.distill.cli", job_dir]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def losses(job_dir: str) -> list[dict]:
+    return [json.loads(line) for line in (Path(job_dir) / LOSSES_FILE).read_text().splitlines()]
+
+
+def test_two_processes_match_one_with_twice_the_batch(pack_teacher, pack_on_path):
+    two = OneStepExportTrainingJob.execute(pack_teacher, labels(), config(batch_size=2, **JOB_SETTINGS), "two").result
+    one = OneStepExportTrainingJob.execute(pack_teacher, labels(), config(batch_size=4, **JOB_SETTINGS), "one").result
+    assert "-m onestep.distill.cli" not in two[1] or two[1].startswith("torchrun --nproc_per_node")
+    run_job(two[0], 2, pack_on_path)
+    run_job(one[0], 1, pack_on_path)
+
+    distributed, single = losses(two[0]), losses(one[0])
+    assert [row["step"] for row in distributed] == [1, 2, 3]
+    for a, b in zip(distributed, single):
+        for name in ("fake_score", "generator"):
+            assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-6), (a, b)
+
+    folder_paths.add_model_folder_path("onestep", two[0])
+    student = OneStepLoadPackModel.execute(STUDENT_FILE).result[0]
+    assert student.model_options[STUDENT_INFO_KEY].steps == 3
+
+    resumed, _, _ = OneStepDistillTrainer.execute(pack_teacher, labels(), config(batch_size=2, **JOB_SETTINGS),
+                                                  "two", True).result
+    assert resumed.model_options[STUDENT_INFO_KEY].steps == 3, "the node continues the job's run, already complete"
+    for key, value in weights(student).items():
+        assert torch.equal(weights(resumed)[key], value), key
+
+
+def test_only_pack_teachers_export(tiny_sd15):
+    from onestep.nodes.distill_trainer import PromptSet
+
+    with pytest.raises(TrainerInputError, match="only the pack's own EDM teachers"):
+        OneStepExportTrainingJob.execute(tiny_sd15, PromptSet(torch.zeros(1, 7, 32), torch.zeros(1, 7, 32), "text"),
+                                         config(), "sd")
