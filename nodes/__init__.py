@@ -9,6 +9,7 @@ from .distill_trainer import (
     OneStepPromptSource,
 )
 from .fast_path import OneStepFastDecode, OneStepFastPath
+from .fmnist_eval import OneStepFDFMNIST
 from .pack_models import OneStepClassLabel, OneStepLoadPackModel, OneStepPixelsToImage
 from .sampling import OneStepGenerate, OneStepSampler, OneStepSigmas
 from .students import OneStepLoadStudent, OneStepSaveStudent
@@ -17,6 +18,7 @@ NODES: list[type[io.ComfyNode]] = [
     OneStepSampler, OneStepSigmas, OneStepGenerate, OneStepLoadStudent, OneStepFastPath, OneStepFastDecode,
     OneStepLoadPackModel, OneStepClassLabel, OneStepPixelsToImage,
     OneStepDistillConfig, OneStepPromptSource, OneStepDistillTrainer, OneStepSaveStudent, OneStepExportTrainingJob,
+    OneStepFDFMNIST,
 ]
 
 

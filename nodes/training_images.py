@@ -6,21 +6,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ..distill.fmnist import image_grid
+
 CURVE_SIZE = (640, 320)
 CURVE_COLOURS = {"generator": (220, 60, 40), "fake_score": (40, 100, 220)}
 
 
 def grayscale_grid(pixels: torch.Tensor, scale: int = 3) -> Image.Image:
     """A grid of [N, C, H, W] samples in [-1, 1] (first channel), upscaled for the preview pane."""
-    pixels = ((pixels[:, :1].float().clamp(-1, 1) + 1) * 127.5).to(torch.uint8).cpu()
-    count, _, height, width = pixels.shape
-    columns = math.ceil(math.sqrt(count))
-    rows = math.ceil(count / columns)
-    canvas = np.zeros((rows * height, columns * width), dtype=np.uint8)
-    for index in range(count):
-        row, column = divmod(index, columns)
-        canvas[row * height:(row + 1) * height, column * width:(column + 1) * width] = pixels[index, 0].numpy()
-    image = Image.fromarray(canvas, mode="L")
+    image = Image.fromarray(image_grid(pixels[:, :1], columns=math.ceil(math.sqrt(pixels.shape[0]))), mode="L")
     return image.resize((image.width * scale, image.height * scale), Image.NEAREST).convert("RGB")
 
 

@@ -224,7 +224,41 @@ def teacher_vs_student_sd15() -> Workflow:
     return w
 
 
-WORKFLOWS = [sid_lsg_sd15, fast_sid_lsg_sd15, sim_pixart, teacher_vs_student_sd15]
+def distill_fmnist() -> Workflow:
+    w = Workflow("onestep_distill_fmnist")
+    teacher = w.add("OneStepLoadPackModel", [("model_name", "teacher.safetensors")], [("MODEL", "MODEL")], 0, 0,
+                    "Teacher: the shipped Fashion-MNIST EDM model")
+    prompts = w.add("OneStepPromptSource", [("kind", "class labels"), ("labels", "0-9"), ("prompts", ""),
+                                            ("prompt_file", "")], [("ONESTEP_PROMPTS", "ONESTEP_PROMPTS")], 0, 1)
+    config = w.add(
+        "OneStepDistillConfig",
+        [("method", "sid"), ("iterations", 200), ("batch_size", 32), ("lr_generator", 1e-4), ("lr_fake_score", 1e-4),
+         ("alpha", 1.2), ("k1_train_fake", 1.0), ("k2_k3_eval_fake", 1.0), ("k4_eval_real", 1.0), ("sim_c", 1e-3),
+         ("width", 28), ("height", 28), ("precision", "fp32"), ("ema_halflife_kimg", 0.5), ("seed", 0),
+         ("checkpoint_every", 100), ("preview_every", 20)],
+        [("ONESTEP_DISTILL_CONFIG", "ONESTEP_DISTILL_CONFIG")], 0, 2,
+    )
+    trainer = w.add(
+        "OneStepDistillTrainer",
+        [("teacher", teacher.out(0)), ("prompts", prompts.out(0)), ("config", config.out(0)),
+         ("run_name", "fmnist_sid"), ("resume", True)],
+        [("student", "MODEL"), ("run_folder", "STRING"), ("curve", "IMAGE")], 1, 0,
+    )
+    w.add("OneStepSaveStudent", [("student", trainer.out(0)), ("name", "fmnist_sid_student")],
+          [("path", "STRING")], 2, 1)
+    evaluation = w.add(
+        "OneStepFDFMNIST",
+        [("teacher", teacher.out(0)), ("student", trainer.out(0)), ("samples_per_class", 100), ("seed", 0)],
+        [("grid", "IMAGE"), ("report", "STRING"), ("teacher_fd", "FLOAT"), ("student_fd", "FLOAT")], 2, 0,
+        "Teacher 35 NFE (top) vs student 1 NFE (bottom)",
+    )
+    w.add("SaveImage", [("images", evaluation.out(0)), ("filename_prefix", "onestep/fmnist_teacher_vs_student")],
+          [], 3, 0)
+    w.add("SaveImage", [("images", trainer.out(2)), ("filename_prefix", "onestep/fmnist_training_curve")], [], 3, 1)
+    return w
+
+
+WORKFLOWS = [distill_fmnist, sid_lsg_sd15, fast_sid_lsg_sd15, sim_pixart, teacher_vs_student_sd15]
 
 
 def write_all(directory: Path = WORKFLOWS_DIR) -> list[Path]:

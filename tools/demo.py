@@ -1,8 +1,8 @@
-"""`make demo`: run the shipped one-step workflow in a real, headless ComfyUI and print where the images are.
+"""`make demo`: distill the shipped Fashion-MNIST teacher into a one-step student inside a headless ComfyUI.
 
-STAND-IN: no trained student can be downloaded here, so the demo builds a full-size SD1.5 checkpoint and
-a SiD-LSG-style student UNet with random weights. ComfyUI's real loaders, detection, sampling and
-decoding all run, but the pictures are noise. The distillation demo (a later issue) replaces this.
+Runs workflows/onestep_distill_fmnist.json on a real ComfyUI server: SiD for a few hundred iterations on
+the CPU, then the teacher at 35 NFE (EDM Heun) against the student at 1 NFE, with FD-FMNIST for both
+(Fréchet distance on the shipped classifier's features; not FID) and a grid of samples.
 """
 
 import sys
@@ -11,61 +11,53 @@ from pathlib import Path
 
 import comfy_host
 from comfy_server import ComfyServer
-from random_models import ensure_random_sd15_files
 from workflow_files import load_api_workflow
 
 REPO_ROOT = comfy_host.REPO_ROOT
 DEMO_DIR = REPO_ROOT / "demo_output"
-DEMO_SIZE, DEMO_BATCH = 256, 4
 
 
-def prepare_base_directory(cached: dict[str, Path]) -> Path:
+def prepare_base_directory() -> Path:
     base = DEMO_DIR / "comfy_base"
-    links = {
-        base / "custom_nodes" / "onestep": REPO_ROOT,
-        base / "models" / "checkpoints" / "v1-5-pruned-emaonly.safetensors": cached["checkpoint"],
-        base / "models" / "diffusion_models" / "sid_lsg_sd15_cfg1.5.safetensors": cached["unet"],
-    }
-    for link, target in links.items():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if link.is_symlink():
-            link.unlink()
-        link.symlink_to(target)
+    link = base / "custom_nodes" / "onestep"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink():
+        link.unlink()
+    link.symlink_to(REPO_ROOT, target_is_directory=True)
     return base
 
 
 def main() -> int:
-    print(__doc__.strip().split("\n\n")[1])
-    comfy_host.import_comfy()
-    print("Preparing random-weight SD1.5 files (first run only, about a minute)...", flush=True)
-    cached = ensure_random_sd15_files(REPO_ROOT / ".cache" / "models")
-    base = prepare_base_directory(cached)
-    prompt = load_api_workflow("onestep_sid_lsg_sd15")
+    print(__doc__.strip().split("\n\n")[1], flush=True)
+    base = prepare_base_directory()
+    prompt = load_api_workflow("onestep_distill_fmnist")
+    run_name = time.strftime("fmnist_sid_demo_%Y%m%d_%H%M%S")
     for node in prompt.values():
-        if node["class_type"] == "OneStepGenerate":
-            node["inputs"].update(width=DEMO_SIZE, height=DEMO_SIZE, batch_size=DEMO_BATCH)
+        if node["class_type"] == "OneStepDistillTrainer":
+            node["inputs"]["run_name"] = run_name
     server = ComfyServer(comfy_host.COMFYUI_DIR, base, DEMO_DIR / "server.log")
     print(f"Starting ComfyUI (log: {server.log_path})...", flush=True)
     server.start()
     try:
         started = time.perf_counter()
-        result = server.run_prompt(prompt)
+        result = server.run_prompt(prompt, timeout_s=1800)
         if result["error"] is not None or result["status"] != 200:
             print(f"The workflow failed: {result['error'] or result['response']}", file=sys.stderr)
             return 1
-        seconds = time.perf_counter() - started
-        images = [
-            base / "output" / image["subfolder"] / image["filename"]
-            for output in result["history"]["outputs"].values()
-            for image in output.get("images", [])
-        ]
+        minutes = (time.perf_counter() - started) / 60
     finally:
         server.stop()
-    print(f"\nOne-step workflow 'workflows/onestep_sid_lsg_sd15.json': {len(images)} images of "
-          f"{DEMO_SIZE}x{DEMO_SIZE} in {seconds:.1f} s (CPU, model loading included).")
-    print("Images (random-weight stand-in student, so they show noise):")
+    outputs = result["history"]["outputs"]
+    reports = [text for output in outputs.values() for text in output.get("text", [])]
+    images = [base / "output" / image["subfolder"] / image["filename"]
+              for output in outputs.values() for image in output.get("images", [])]
+    print(f"\nIn-graph distillation finished in {minutes:.1f} min (CPU).")
+    for report in reports:
+        print(report)
+    print("Images (teacher rows above student rows; the training curve):")
     for image in images:
         print(f"  {image}")
+    print(f"Checkpoints: {base / 'output' / 'onestep_runs' / run_name}")
     return 0
 
 

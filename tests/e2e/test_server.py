@@ -9,7 +9,7 @@ from workflow_files import PACK_FOLDER_NAME, load_api_workflow, load_ui_workflow
 
 from onestep.nodes import NODES
 
-WORKFLOWS = ["onestep_sid_lsg_sd15", "onestep_fast_sid_lsg_sd15", "onestep_teacher_vs_student_sd15",
+WORKFLOWS = ["onestep_distill_fmnist", "onestep_sid_lsg_sd15", "onestep_fast_sid_lsg_sd15", "onestep_teacher_vs_student_sd15",
              "onestep_sim_pixart"]
 TEST_SIZE = 64  # pixels: the random SD1.5 files are full size, the images are tiny so the CPU run is quick
 TEACHER_TEST_STEPS = 3  # the shipped 25 cost ~3 minutes of full-size UNet calls on a 2-core CPU
@@ -104,6 +104,26 @@ def test_teacher_vs_student_workflow_writes_the_side_by_side(server):
     assert result["error"] is None, result["error"]
     (image,) = images_of(server, result)
     assert image.size == (2 * TEST_SIZE, TEST_SIZE)
+
+
+def test_distillation_workflow_trains_saves_and_scores_a_student(server):
+    prompt = load_api_workflow("onestep_distill_fmnist")
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "OneStepDistillConfig":
+            inputs.update(iterations=4, batch_size=4, checkpoint_every=2, preview_every=2)
+        if node["class_type"] == "OneStepFDFMNIST":
+            inputs["samples_per_class"] = 3
+    result = server.run_prompt(prompt)
+    assert result["error"] is None, result["error"]
+    curve, grid = sorted(images_of(server, result), key=lambda image: image.size)
+    assert curve.size == (640, 320)
+    assert grid.size == (4 * (10 * 29 + 1), 4 * (4 * 29 + 1)), "10 classes x (2 teacher + 2 student rows)"
+    (report,) = [text for output in result["history"]["outputs"].values() for text in output.get("text", [])]
+    assert report.startswith("FD-FMNIST over 30 samples (not FID): teacher 35 NFE ")
+    previews = [m for m in result["messages"] if m["type"] == "progress" and m["data"]["max"] == 4]
+    assert previews and previews[-1]["data"]["value"] == 4
+    assert (server.base_dir / "models" / "onestep" / "fmnist_sid_student.safetensors").is_file()
 
 
 def test_sim_pixart_graph_validates(server):
