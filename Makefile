@@ -12,7 +12,7 @@ HOST := .comfyui
 WHEEL_CACHE := .cache/host-wheel
 PYTEST := $(PY) -m pytest
 
-.PHONY: all demo test test-unit test-comfy test-e2e install workflows benchmark-quick clean-host
+.PHONY: all demo test test-unit test-comfy test-e2e lint install workflows benchmark-quick clean-host
 
 all: test
 
@@ -44,6 +44,9 @@ test-comfy: install
 
 test-e2e: install
 	$(PYTEST) tests/e2e
+
+lint: install
+	$(VENV)/bin/ruff check __init__.py nodes distill pulid fastpath tools tests benchmarks
 
 demo: install
 	$(PY) tools/demo.py

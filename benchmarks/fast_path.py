@@ -42,10 +42,9 @@ def main() -> int:
     import comfy.model_management
     import comfy.sd
     import torch
-    from random_models import random_sd15_unet_state_dict, random_sd_vae_state_dict
-
     from onestep.nodes.fast_path import FastDecoder, OneStepFastPath, make_cache
     from onestep.nodes.sampling import OneStepGenerate
+    from random_models import random_sd15_unet_state_dict, random_sd_vae_state_dict
 
     device = comfy.model_management.get_torch_device()
     dtype = torch.float16 if device.type == "cuda" else torch.float32

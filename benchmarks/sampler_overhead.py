@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import comfy_host  # noqa: E402
-from pack_loader import load_pack  # noqa: E402
 from common import describe_device, interleaved_medians, write_result  # noqa: E402
+from pack_loader import load_pack  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -56,7 +56,6 @@ def main() -> int:
     import comfy.sample
     import comfy.samplers
     import torch
-
     from onestep.nodes.sampling import OneStepGenerate
 
     device = comfy.model_management.get_torch_device()

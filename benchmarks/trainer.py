@@ -54,9 +54,8 @@ def build(args):
 
     comfy_host.import_comfy(cpu=args.device == "cpu")
     import comfy.sd
-    from random_models import random_sd15_unet_state_dict
-
     from onestep.nodes.distill_trainer import ComfyDenoiser, trainable_copy
+    from random_models import random_sd15_unet_state_dict
 
     patcher = comfy.sd.load_diffusion_model_state_dict(random_sd15_unet_state_dict())
     teacher = trainable_copy(ComfyDenoiser(patcher.model, "c_crossattn")).to(args.device).requires_grad_(False)

@@ -72,7 +72,9 @@ def read_student_metadata(path: str | os.PathLike) -> dict[str, str]:
         return handle.metadata() or {}
 
 
-def write_safetensors_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def write_safetensors_atomic(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> None:
     """Write safetensors through a temporary file, fsync and rename, so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,11 +18,11 @@ import torch
 from comfy_api.latest import io
 
 from ..distill.checkpoint import latest_checkpoint
+from ..distill.job import write_job
+from ..distill.networks import EDMDenoiser
 from ..distill.one_step import SIGMA_INIT_EDM, TIMESTEP_INIT_SID_LSG
 from ..distill.student_file import StudentInfo
 from ..distill.training import METHODS, DistillConfig, Distiller
-from ..distill.job import write_job
-from ..distill.networks import EDMDenoiser
 from .pack_models import PackEDMModel, PixelLatent, edm_model_patcher
 from .presets import STUDENT_INFO_KEY, schedule_of
 from .training_images import grayscale_grid, training_curve
@@ -104,7 +104,8 @@ def check_teacher(teacher, prompts: PromptSet) -> tuple[str, float, str, PromptS
     if prompts.kind == "labels":
         if not is_pack_model:
             raise TrainerInputError(f"{NODE}: class-label prompts fit the pack's class-conditional models; this "
-                                    f"teacher is {type(teacher.model).__name__}. Use text prompts encoded with its CLIP.")
+                                    f"teacher is {type(teacher.model).__name__}. Use text prompts encoded with "
+                                    "its CLIP.")
         num_classes = teacher.model.diffusion_model.denoiser.num_classes
         if int(prompts.conds.max()) >= num_classes:
             raise TrainerInputError(f"{NODE}: label {int(prompts.conds.max())} is out of range for a teacher with "
@@ -174,7 +175,8 @@ class OneStepDistillConfig(io.ComfyNode):
                                tooltip="bf16 runs the networks under autocast (weights and Adam stay fp32)."),
                 io.Float.Input("ema_halflife_kimg", default=0.5, min=0.0, max=10_000.0, step=0.1,
                                tooltip="Half-life of the generator's EMA, in thousands of images."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the whole run (noise, prompts)."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="Seed of the whole run (noise, prompts)."),
                 io.Int.Input("checkpoint_every", default=100, min=0, max=1_000_000,
                              tooltip="Write a checkpoint every N iterations (0: only at the end and on interrupt)."),
                 io.Int.Input("preview_every", default=25, min=0, max=1_000_000,
@@ -235,7 +237,9 @@ def parse_labels(text: str) -> torch.Tensor:
             first, _, last = part.partition("-")
             labels += list(range(int(first), int(last or first) + 1))
         except ValueError:
-            raise TrainerInputError(f"OneStep Prompt Source: cannot read '{part}' as a label or range (e.g. 0-9).")
+            raise TrainerInputError(
+                f"OneStep Prompt Source: cannot read '{part}' as a label or range (e.g. 0-9)."
+            ) from None
     if not labels or min(labels) < 0:
         raise TrainerInputError(f"OneStep Prompt Source: give at least one label, none negative; got '{text}'.")
     return torch.tensor(labels)

@@ -1,4 +1,4 @@
-"""OneStep FD-FMNIST: teacher (35 NFE) against student (1 NFE) on the pack's Fashion-MNIST models, as numbers and a grid.
+"""OneStep FD-FMNIST: teacher (35 NFE) against student (1 NFE) on the pack's Fashion-MNIST models.
 
 FD-FMNIST is the Fréchet distance between Gaussian fits of the shipped classifier's features, for generated
 images against the 10k test images (shipped statistics). It is not FID and not comparable with FID.

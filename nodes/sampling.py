@@ -53,7 +53,8 @@ def preset_inputs() -> list:
         steps_input(),
         io.Float.Input(
             "custom_value", default=2.5, min=0.0, max=10000.0, step=0.0001, round=False,
-            tooltip="The sigma (custom-sigma) or timestep (custom-timestep) to start from; ignored by the other presets.",
+            tooltip="The sigma (custom-sigma) or timestep (custom-timestep) to start from; ignored by the "
+                    "other presets.",
         ),
     ]
 
@@ -83,7 +84,8 @@ class OneStepSigmas(io.ComfyNode):
             node_id="OneStepSigmas",
             display_name="OneStep Sigmas",
             category=CATEGORY,
-            description="Noise levels for a one-step (or k-step) student, from a preset resolved on the model's schedule.",
+            description="Noise levels for a one-step (or k-step) student, from a preset resolved on the model's "
+                        "schedule.",
             inputs=[io.Model.Input("model", tooltip="The student; its schedule turns timesteps into sigmas.")]
             + preset_inputs(),
             outputs=[io.Sigmas.Output(tooltip="[sigma_0, ..., 0]: connect to SamplerCustom's sigmas.")],

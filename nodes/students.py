@@ -34,7 +34,8 @@ class OneStepLoadStudent(io.ComfyNode):
             ],
             outputs=[
                 io.Model.Output(tooltip="The student; OneStep Generate's 'auto' preset reads how to sample it."),
-                io.String.Output("info", tooltip="What the file's metadata says: preset, noise level, method, teacher."),
+                io.String.Output("info",
+                                 tooltip="What the file's metadata says: preset, noise level, method, teacher."),
             ],
         )
 

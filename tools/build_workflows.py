@@ -63,7 +63,8 @@ class Workflow:
                     inputs[name] = [str(value.node.id), value.slot]
                 else:
                     inputs[name] = value.value if isinstance(value, Seed) else value
-            prompt[str(node.id)] = {"class_type": node.type, "inputs": inputs, "_meta": {"title": node.title or node.type}}
+            title = node.title or node.type
+            prompt[str(node.id)] = {"class_type": node.type, "inputs": inputs, "_meta": {"title": title}}
         return prompt
 
     def ui_format(self) -> dict:

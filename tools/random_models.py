@@ -59,8 +59,8 @@ def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 
 def random_sd15_unet_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """ComfyUI-layout SD1.5 UNet weights (keys as in a checkpoint's model.diffusion_model.*, prefix removed)."""
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     torch.manual_seed(seed)
     unet = _randomize(UNetModel(**SD15_UNET_CONFIG, operations=comfy.ops.disable_weight_init))

@@ -6,14 +6,13 @@ import comfy.supported_models
 import folder_paths
 import pytest
 import torch
-
-from trainer_helpers import config, labels, train, weights
-
 from onestep.nodes.distill_trainer import OneStepPromptSource, PromptSet, TrainerInputError
 from onestep.nodes.pack_models import OneStepClassLabel, OneStepLoadPackModel
 from onestep.nodes.presets import STUDENT_INFO_KEY
 from onestep.nodes.sampling import OneStepGenerate
 from onestep.nodes.students import OneStepSaveStudent
+from trainer_helpers import labels, train, weights
+
 
 @pytest.mark.parametrize("method", ["sid", "sim"])
 def test_trainer_returns_a_student_that_one_step_generate_samples(pack_teacher, method):

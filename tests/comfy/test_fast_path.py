@@ -4,7 +4,6 @@ import comfy.model_management
 import psutil
 import pytest
 import torch
-
 from onestep.nodes.fast_path import OneStepFastPath
 from onestep.nodes.sampling import OneStepGenerate
 
@@ -124,9 +123,8 @@ def test_memory_stays_flat_over_100_prompts(tiny_sd15):
 
 def test_fast_decode_equals_the_stock_vae_decode(comfy_host):
     import comfy.sd
-    from random_models import random_sd_vae_state_dict
-
     from onestep.nodes.fast_path import OneStepFastDecode
+    from random_models import random_sd_vae_state_dict
 
     vae = comfy.sd.VAE(sd=random_sd_vae_state_dict())
     latent = {"samples": torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))}

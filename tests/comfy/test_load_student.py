@@ -5,14 +5,12 @@ import comfy.utils
 import folder_paths
 import pytest
 import torch
-from random_models import STUDENT_METADATA, ensure_random_sd15_files
-from safetensors.torch import load_file, save_file
-
 from onestep.distill.student_file import StudentFileError
 from onestep.nodes.presets import STUDENT_INFO_KEY
 from onestep.nodes.sampling import OneStepSigmas
 from onestep.nodes.students import OneStepLoadStudent
-
+from random_models import STUDENT_METADATA, ensure_random_sd15_files
+from safetensors.torch import load_file, save_file
 
 
 @pytest.fixture(scope="module")

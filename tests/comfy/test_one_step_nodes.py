@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from comfy_extras.nodes_custom_sampler import SamplerCustom
-
 from onestep.nodes.presets import PresetError
 from onestep.nodes.sampling import OneStepGenerate, OneStepInputError, OneStepSampler, OneStepSigmas
 

@@ -4,7 +4,6 @@ import comfy.sample
 import folder_paths
 import pytest
 import torch
-
 from onestep.distill.network_file import save_network
 from onestep.distill.networks import EDMDenoiser
 from onestep.nodes.pack_models import (

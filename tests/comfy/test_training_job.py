@@ -10,12 +10,11 @@ from pathlib import Path
 import folder_paths
 import pytest
 import torch
-from trainer_helpers import config, labels, weights
-
 from onestep.distill.job import LOSSES_FILE, STUDENT_FILE
 from onestep.nodes.distill_trainer import OneStepDistillTrainer, OneStepExportTrainingJob, TrainerInputError
 from onestep.nodes.pack_models import OneStepLoadPackModel
 from onestep.nodes.presets import STUDENT_INFO_KEY
+from trainer_helpers import config, labels, weights
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 JOB_SETTINGS = dict(iterations=3, checkpoint_every=0, preview_every=0)

@@ -4,12 +4,12 @@ import copy
 import io
 
 import pytest
+from onestep.nodes import NODES
 from PIL import Image
 from workflow_files import PACK_FOLDER_NAME, load_api_workflow, load_ui_workflow
 
-from onestep.nodes import NODES
-
-WORKFLOWS = ["onestep_distill_fmnist", "onestep_sid_lsg_sd15", "onestep_fast_sid_lsg_sd15", "onestep_teacher_vs_student_sd15",
+WORKFLOWS = ["onestep_distill_fmnist", "onestep_sid_lsg_sd15", "onestep_fast_sid_lsg_sd15",
+             "onestep_teacher_vs_student_sd15",
              "onestep_sim_pixart"]
 TEST_SIZE = 64  # pixels: the random SD1.5 files are full size, the images are tiny so the CPU run is quick
 TEACHER_TEST_STEPS = 3  # the shipped 25 cost ~3 minutes of full-size UNet calls on a 2-core CPU
@@ -78,7 +78,8 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
 
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_ui_workflows_load_as_their_api_twins(server, name):
-    expected = {key: {"class_type": n["class_type"], "inputs": n["inputs"]} for key, n in load_api_workflow(name).items()}
+    expected = {key: {"class_type": node["class_type"], "inputs": node["inputs"]}
+                for key, node in load_api_workflow(name).items()}
     assert ui_to_api(load_ui_workflow(name), server.get_json("/object_info")) == expected
 
 

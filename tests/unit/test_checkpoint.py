@@ -7,8 +7,6 @@ import random
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from onestep.distill import checkpoint as ckpt
 from onestep.distill.checkpoint import (
     CheckpointError,
@@ -24,6 +22,7 @@ from onestep.distill.checkpoint import (
     save_checkpoint,
     unflatten_optimizer_state,
 )
+from torch import nn
 
 CONFIG = {"method": "sid", "alpha": 1.2, "steps": 10, "noise": {"p_mean": -1.2}}
 

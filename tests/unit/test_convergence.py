@@ -17,10 +17,9 @@ draws of the target itself are about 0.01 apart and the untrained generator is a
 
 import pytest
 import torch
-from torch import nn
-
 from onestep.distill import losses
 from onestep.distill.training import DistillConfig, Distiller
+from torch import nn
 
 TARGET_MEAN = torch.tensor([0.5, -0.3])
 TARGET_COV = torch.tensor([[0.6, 0.25], [0.25, 0.3]])

@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-from torch import nn
-
 from onestep.distill.ema import EMA, ema_beta_from_halflife, ramped_halflife_nimg
+from torch import nn
 
 
 def test_halflife_halves_the_weight_of_old_values():

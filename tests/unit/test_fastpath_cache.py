@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from onestep.fastpath.cache import FastCallCache, fallback_reason
 from onestep.fastpath.fingerprint import options_fingerprint, parameters_fingerprint
 from onestep.fastpath.replay import StaticReplay

@@ -14,7 +14,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from onestep.distill.losses import (
     pseudo_huber_distance,
     sid_generator_term,

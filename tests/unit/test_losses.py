@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from onestep.distill.losses import (
     LSGScales,
     drop_prompts,

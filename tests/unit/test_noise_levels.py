@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from onestep.distill.noise_levels import (
     NoiseLevels,
     ddpm_timesteps,

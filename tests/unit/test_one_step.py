@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from onestep.distill.one_step import fresh_noise, multistep_levels, sample_one_step
 
 

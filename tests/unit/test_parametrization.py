@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from onestep.distill.parametrization import (
     DiscreteSchedule,
     denoiser_from_eps_model,

@@ -5,10 +5,9 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from onestep.distill.checkpoint import CheckpointMismatch, latest_checkpoint
 from onestep.distill.training import DistillConfig, Distiller, DivergenceError
+from torch import nn
 
 SHAPE = (1, 2, 2)
 
