@@ -111,6 +111,10 @@ def check_teacher(teacher, prompts: PromptSet) -> tuple[str, float, str, PromptS
             raise TrainerInputError(f"{NODE}: label {int(prompts.conds.max())} is out of range for a teacher with "
                                     f"{num_classes} classes (0..{num_classes - 1}).")
         prompts = PromptSet(prompts.conds, torch.tensor([num_classes]), "labels")
+    if getattr(teacher.model, "adm_channels", 0):
+        raise TrainerInputError(f"{NODE}: {type(teacher.model).__name__} teachers need pooled-text and size "
+                                "conditioning (SDXL-style), which the trainer does not build yet; SD1.x/2.x and the "
+                                "pack's EDM teachers are supported.")
     if prompts.kind == "text":
         if is_pack_model:
             raise TrainerInputError(f"{NODE}: this teacher is class-conditional; use OneStep Prompt Source with "

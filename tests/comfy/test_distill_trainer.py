@@ -98,3 +98,11 @@ def test_saved_pack_student_loads_back_with_its_preset(pack_teacher, tmp_path):
     assert loaded.model_options[STUDENT_INFO_KEY].preset == "edm"
     for key, value in weights(student).items():
         assert torch.equal(weights(loaded)[key], value), key
+
+
+def test_sdxl_style_teachers_are_refused_with_what_is_supported(comfy_host):
+    sdxl_like = dict(comfy_host.TINY_UNET_CONFIG, adm_in_channels=64, num_classes="sequential")
+    teacher = comfy_host.tiny_model_patcher(comfy.supported_models.SD15, sdxl_like)
+    prompts = PromptSet(torch.randn(2, 7, 32), torch.zeros(1, 7, 32), "text")
+    with pytest.raises(TrainerInputError, match="SDXL-style.*SD1.x/2.x and the pack's EDM teachers are supported"):
+        train(teacher, prompts)
