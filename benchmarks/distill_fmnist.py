@@ -1,0 +1,315 @@
+"""Distil the shipped Fashion-MNIST teacher into one-step students with SiD and SIM; FD-FMNIST against time.
+
+    .venv/bin/python benchmarks/distill_fmnist.py                  # reduced scale on the CPU (labelled so)
+    .venv/bin/python benchmarks/distill_fmnist.py --device cuda    # full scale on a GPU
+
+FD-FMNIST: the Fréchet distance between Gaussian fits of the shipped classifier's 128-d features, for
+generated images against the 10k test images (models/fmnist/reference_stats.safetensors). It is not
+FID and is not comparable with FID. Every FD of one run uses the same number of samples and the same
+noise, labels balanced over the 10 classes. Reported: the teacher at 35 NFE (EDM Heun, 18 steps) and at
+1 NFE (one Euler step from sigma_max), SiD (alpha 1.2) and SIM (pseudo-Huber) students at 1 NFE with
+the FD curve against training time (evaluation time excluded; on the CPU the clock is this process's
+CPU time, so a shared machine does not distort it), and the cost of one distillation iteration in
+teacher forward+backward passes on the same batch, next to the network passes it makes.
+"""
+
+import argparse
+import copy
+import hashlib
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, describe_device, interleaved_medians, write_result  # noqa: E402
+from pack_loader import REPO_ROOT, load_pack  # noqa: E402
+
+load_pack()
+from onestep.distill.classifier import batched_features  # noqa: E402
+from onestep.distill.edm_sampling import edm_sigmas, heun_nfe, sample_euler, sample_heun  # noqa: E402
+from onestep.distill.fmnist import image_grid, load_split  # noqa: E402
+from onestep.distill.frechet import frechet_distance, gaussian_fit, load_stats  # noqa: E402
+from onestep.distill.losses import edm_fake_score_loss  # noqa: E402
+from onestep.distill.network_file import load_network  # noqa: E402
+from onestep.distill.noise_levels import edm_training_sigmas  # noqa: E402
+from onestep.distill.parametrization import one_step_generate  # noqa: E402
+from onestep.distill.training import DistillConfig, Distiller  # noqa: E402
+
+MODELS = REPO_ROOT / "models" / "fmnist"
+SCALES = {
+    "reduced-cpu": dict(minutes=9.0, batch=32, eval_every=1.0, eval_samples=2000, lr=1e-4),
+    "full-gpu": dict(minutes=3.0, batch=256, eval_every=0.25, eval_samples=10000, lr=5e-5),
+}
+METHODS = {"sid": dict(method="sid", alpha=1.2), "sim": dict(method="sim")}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--minutes", type=float, help="training budget per method (CPU minutes on the CPU)")
+    parser.add_argument("--batch", type=int, help="distillation batch size")
+    parser.add_argument("--eval-every", type=float, help="minutes of training between FD evaluations")
+    parser.add_argument("--eval-samples", type=int, help="samples per FD (teacher, curve and final alike)")
+    parser.add_argument("--lr", type=float, help="Adam learning rate of the generator and the fake score")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    args.scale = "full-gpu" if args.device == "cuda" else "reduced-cpu"
+    for key, value in SCALES[args.scale].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+class TrainingClock:
+    """Training time only: process CPU time on the CPU, synchronised wall time on a GPU; paused around evaluations."""
+
+    LABELS = {"cpu": "process CPU", "cuda": "wall-clock"}
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.total = 0.0
+        self._started = None
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return time.perf_counter()
+        return time.process_time()
+
+    def start(self) -> None:
+        self._started = self._now()
+
+    def stop(self) -> None:
+        self.total += self._now() - self._started
+
+    def minutes(self) -> float:
+        return self.total / 60
+
+
+class FDMeter:
+    """FD-FMNIST of a label-conditioned sampler, on fixed noise and balanced labels."""
+
+    def __init__(self, classifier, stats_path: Path, samples: int, device: torch.device, seed: int):
+        self.classifier, self.device = classifier, device
+        self.mu, self.cov = load_stats(stats_path)
+        self.labels = (torch.arange(samples) % 10).to(device)
+        self.noise = torch.randn((samples, 1, 28, 28), generator=torch.Generator().manual_seed(seed)).to(device)
+
+    @torch.no_grad()
+    def images(self, sample, batch: int = 500) -> torch.Tensor:
+        """sample(z, labels) -> images, over all the fixed noise, clamped to [-1, 1]."""
+        return torch.cat([sample(self.noise[i : i + batch], self.labels[i : i + batch]).clamp(-1, 1)
+                          for i in range(0, len(self.labels), batch)])
+
+    def of_images(self, images: torch.Tensor) -> float:
+        mu, cov = gaussian_fit(batched_features(self.classifier, images))
+        return frechet_distance(mu, cov, self.mu, self.cov)
+
+    def __call__(self, sample) -> float:
+        return self.of_images(self.images(sample))
+
+
+def teacher_heun(teacher):
+    sigmas = edm_sigmas().to(next(teacher.parameters()).device)
+    return lambda z, labels: sample_heun(teacher, z * sigmas[0], sigmas, {"class_labels": labels})
+
+
+def teacher_one_step(teacher):
+    sigmas = torch.tensor([80.0, 0.0], device=next(teacher.parameters()).device)
+    return lambda z, labels: sample_euler(teacher, z * sigmas[0], sigmas, {"class_labels": labels})
+
+
+def student(distiller: Distiller):
+    """The EMA generator, one step: x = G(2.5 z, 2.5, label)."""
+    return lambda z, labels: one_step_generate(distiller.ema.module, z, distiller.config.init_sigma, labels)
+
+
+def make_distiller(teacher, method: str, args, teacher_id: str) -> Distiller:
+    config = DistillConfig(
+        **METHODS[method], teacher_id=teacher_id, steps=10**9, batch_size=args.batch, sample_shape=(1, 28, 28),
+        lr_generator=args.lr, lr_fake_score=args.lr, init_sigma=2.5, seed=args.seed,
+    )
+    return Distiller(teacher, config, cond_sampler=random_labels)
+
+
+def random_labels(n: int, rng: torch.Generator) -> Tensor:
+    """Uniform class labels, drawn from the run's own generator (on its device)."""
+    return torch.randint(0, 10, (n,), generator=rng, device=rng.device)
+
+
+def distil(teacher, method: str, args, meter: FDMeter, teacher_id: str, device: torch.device) -> tuple[dict, Tensor]:
+    """Train one student for ``args.minutes`` of training time, with an FD every ``args.eval_every`` minutes."""
+    distiller = make_distiller(teacher, method, args, teacher_id)
+    clock, curve, wall_started = TrainingClock(device), [], time.perf_counter()
+
+    def evaluate():
+        fd = meter(student(distiller))
+        curve.append({"minutes": round(clock.minutes(), 3), "iterations": distiller.step, "images": distiller.cur_nimg,
+                      "fd": fd})
+        print(f"  {method}: {clock.minutes():.2f} min, {distiller.step} it, FD-FMNIST {fd:.2f}", flush=True)
+
+    evaluate()
+    while clock.minutes() < args.minutes:
+        clock.start()
+        distiller.train_step()
+        clock.stop()
+        if clock.minutes() >= min(len(curve) * args.eval_every, args.minutes):
+            evaluate()
+    run = {"fd_1nfe": curve[-1]["fd"], "curve": curve, "iterations": distiller.step, "images": distiller.cur_nimg,
+           "dropped_samples": distiller.dropped_samples,
+           "wall_minutes": round((time.perf_counter() - wall_started) / 60, 2), "config": distiller.config.to_dict()}
+    return run, meter.images(student(distiller))[:100]
+
+
+def count_passes(distiller: Distiller) -> dict:
+    """Forward and backward passes of each network during one ``train_step``, counted by module hooks."""
+    nets = {"generator": distiller.generator, "fake_score": distiller.fake_score, "teacher": distiller.teacher}
+    counts = {name: {"forward": 0, "backward": 0} for name in nets}
+
+    def counter(name, kind):
+        def hook(*_):
+            counts[name][kind] += 1
+        return hook
+
+    handles = []
+    for name, net in nets.items():
+        handles += [net.register_forward_hook(counter(name, "forward")),
+                    net.register_full_backward_hook(counter(name, "backward"))]
+    with warnings.catch_warnings():  # fake-score step: its input needs no gradient, the hook fires on outputs (wanted)
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        distiller.train_step()
+    for handle in handles:
+        handle.remove()
+    counts["total"] = {kind: sum(c[kind] for c in counts.values()) for kind in ("forward", "backward")}
+    return counts
+
+
+def iteration_cost(teacher, method: str, args, teacher_id: str, device: torch.device, repeats: int) -> dict:
+    """Median time of one distillation iteration over one teacher forward+backward (weights) on the same batch."""
+    distiller = make_distiller(teacher, method, args, teacher_id)
+    passes = count_passes(distiller)
+    trainable = copy.deepcopy(teacher).train().requires_grad_(True)
+    rng = torch.Generator().manual_seed(args.seed)
+    images = (0.5 * torch.randn((args.batch, 1, 28, 28), generator=rng)).to(device)
+    labels = torch.randint(0, 10, (args.batch,), generator=rng).to(device)
+    noise = torch.randn(images.shape, generator=rng).to(device)
+
+    def teacher_forward_backward():
+        sigma = edm_training_sigmas(args.batch, generator=rng).to(device)
+        denoised = trainable(images + sigma.reshape(-1, 1, 1, 1) * noise, sigma, labels)
+        trainable.zero_grad(set_to_none=True)
+        edm_fake_score_loss(denoised, images, sigma).mean().backward()
+
+    seconds = interleaved_medians({"iteration": distiller.train_step, "teacher": teacher_forward_backward}, repeats,
+                                  device)
+    return {"iteration_seconds": seconds["iteration"], "teacher_forward_backward_seconds": seconds["teacher"],
+            "ratio": seconds["iteration"] / seconds["teacher"], "batch": args.batch, "passes_per_iteration": passes}
+
+
+def sample_grids(images: dict[str, torch.Tensor], path: Path) -> None:
+    """One 10x10 panel per source; column c holds class c."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.6))
+    for ax, (title, batch) in zip(axes, images.items(), strict=True):
+        ax.imshow(image_grid(batch, columns=10), cmap="gray", vmin=0, vmax=255)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, run in result["runs"].items():
+        ax.plot([p["minutes"] for p in run["curve"]], [p["fd"] for p in run["curve"]], marker="o",
+                label=f"{method.upper()} student, 1 NFE")
+    ax.axhline(result["teacher_fd_35nfe"], color="black", linestyle="--", label="teacher, 35 NFE (EDM Heun)")
+    ax.axhline(result["teacher_fd_1nfe"], color="gray", linestyle=":", label="teacher, 1 NFE (Euler)")
+    if result["data_fd"] is not None:
+        ax.axhline(result["data_fd"], color="green", linestyle="-.", label="training images (floor at this N)")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"training time, {result['clock']} minutes")
+    ax.set_ylabel(f"FD-FMNIST ({result['samples']} samples)")
+    ax.set_title(f"Fashion-MNIST distillation, {result['scale']}, {result['device']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    teacher_path = MODELS / "teacher.safetensors"
+    teacher = load_network(teacher_path, device)
+    classifier = load_network(MODELS / "classifier.safetensors", device)
+    teacher_id = "fmnist teacher sha256:" + hashlib.sha256(teacher_path.read_bytes()).hexdigest()[:16]
+    meter = FDMeter(classifier, MODELS / "reference_stats.safetensors", args.eval_samples, device, args.seed)
+    print(f"{args.scale} on {describe_device(device)}: {args.eval_samples} samples per FD", flush=True)
+
+    started = time.perf_counter()
+    grids = {"teacher, 35 NFE": meter.images(teacher_heun(teacher))}
+    teacher_fd_35 = meter.of_images(grids["teacher, 35 NFE"])
+    heun_minutes = (time.perf_counter() - started) / 60
+    grids["teacher, 1 NFE"] = meter.images(teacher_one_step(teacher))
+    teacher_fd_1 = meter.of_images(grids["teacher, 1 NFE"])
+    print(f"teacher FD-FMNIST: {teacher_fd_35:.2f} at {heun_nfe(edm_sigmas())} NFE ({heun_minutes:.1f} min), "
+          f"{teacher_fd_1:.2f} at 1 NFE", flush=True)
+    try:
+        data_fd = meter.of_images(load_split("train")[0][: args.eval_samples].to(device))
+    except FileNotFoundError:
+        data_fd = None
+
+    costs, runs = {}, {}
+    repeats = 5 if args.scale == "reduced-cpu" else 20
+    for method in args.methods:
+        costs[method] = iteration_cost(teacher, method, args, teacher_id, device, repeats)
+        print(f"{method}: one iteration = {costs[method]['ratio']:.2f} teacher forward+backward passes "
+              f"(batch {args.batch}); passes {costs[method]['passes_per_iteration']['total']}", flush=True)
+    for method in args.methods:
+        run, grids[f"{method.upper()} student, 1 NFE"] = distil(teacher, method, args, meter, teacher_id, device)
+        runs[method] = run
+
+    result = {
+        "scale": args.scale, "device": describe_device(device), "clock": TrainingClock.LABELS[device.type],
+        "samples": args.eval_samples, "minutes": args.minutes, "batch": args.batch, "lr": args.lr,
+        "teacher_fd_35nfe": teacher_fd_35, "teacher_fd_1nfe": teacher_fd_1,
+        "teacher_heun_minutes": round(heun_minutes, 2), "data_fd": data_fd,
+        **{f"{method}_fd_1nfe": run["fd_1nfe"] for method, run in runs.items()},
+        "runs": runs, "cost": costs,
+        "teacher": {"file": "models/fmnist/teacher.safetensors", "id": teacher_id},
+    }
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    plot_curves(result, RESULTS_DIR / "distill_fmnist.png")
+    sample_grids({title: batch[:100] for title, batch in grids.items()}, RESULTS_DIR / "distill_fmnist_samples.png")
+    command = shlex.join(["python", "benchmarks/distill_fmnist.py", *sys.argv[1:]])
+    summary = (f"{args.scale}: FD-FMNIST teacher {teacher_fd_35:.2f} (35 NFE) / {teacher_fd_1:.2f} (1 NFE); "
+               + ", ".join(f"{m.upper()} {r['fd_1nfe']:.2f} (1 NFE, {args.minutes:g} min)" for m, r in runs.items())
+               + "; iteration / teacher fwd+bwd: "
+               + ", ".join(f"{m.upper()} {c['ratio']:.1f}x" for m, c in costs.items()))
+    path = write_result("distill_fmnist", result, command, summary)
+    print(f"wrote {path}\n{summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
