@@ -233,7 +233,7 @@ def distill_fmnist() -> Workflow:
                                             ("prompt_file", "")], [("ONESTEP_PROMPTS", "ONESTEP_PROMPTS")], 0, 1)
     config = w.add(
         "OneStepDistillConfig",
-        [("method", "sid"), ("iterations", 200), ("batch_size", 32), ("lr_generator", 1e-4), ("lr_fake_score", 1e-4),
+        [("method", "sid"), ("iterations", 150), ("batch_size", 32), ("lr_generator", 1e-4), ("lr_fake_score", 1e-4),
          ("alpha", 1.2), ("k1_train_fake", 1.0), ("k2_k3_eval_fake", 1.0), ("k4_eval_real", 1.0), ("sim_c", 1e-3),
          ("width", 28), ("height", 28), ("precision", "fp32"), ("ema_halflife_kimg", 0.5), ("seed", 0),
          ("checkpoint_every", 100), ("preview_every", 20)],
@@ -249,7 +249,7 @@ def distill_fmnist() -> Workflow:
           [("path", "STRING")], 2, 1)
     evaluation = w.add(
         "OneStepFDFMNIST",
-        [("teacher", teacher.out(0)), ("student", trainer.out(0)), ("samples_per_class", 100), ("seed", 0)],
+        [("teacher", teacher.out(0)), ("student", trainer.out(0)), ("samples_per_class", 50), ("seed", 0)],
         [("grid", "IMAGE"), ("report", "STRING"), ("teacher_fd", "FLOAT"), ("student_fd", "FLOAT")], 2, 0,
         "Teacher 35 NFE (top) vs student 1 NFE (bottom)",
     )
