@@ -1,4 +1,4 @@
-"""Fréchet distance between Gaussian fits of features (Dowson & Landau 1982; FID's statistic, on our own features).
+"""Fréchet distance between Gaussian fits of features (Dowson & Landau 1982), on this project's own features.
 
 ``FD = ||mu_1 - mu_2||^2 + tr(C_1 + C_2 - 2 (C_1 C_2)^(1/2))``. The trace of the matrix square root is
 taken from the eigenvalues of the symmetric ``C_1^(1/2) C_2 C_1^(1/2)``, which has the same spectrum

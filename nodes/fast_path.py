@@ -6,7 +6,7 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io
 
-from ..fastpath.cache import STRATEGIES, FastCallCache
+from ..fastpath.cache import STRATEGIES, FastCallCache, fallback_reason
 from ..fastpath.fingerprint import options_fingerprint, parameters_fingerprint
 
 logger = logging.getLogger("onestep.fastpath")
@@ -43,11 +43,11 @@ class FastApplyModel:
                                     "model's network call.")
             return self.previous_wrapper(apply_model, args)
         uncapturable = sorted(set(conditions) - set(TENSOR_CONDITIONS) - {"transformer_options"})
-        if uncapturable:
-            return self.cache.eager(
-                lambda: apply_model(x, timestep, **conditions), [],
-                f"the model call carries {', '.join(uncapturable)}, which a graph cannot capture",
-            )
+        reason = fallback_reason(self.cache.strategy, x.device, self.cache.compile_function)
+        if uncapturable and reason is None:
+            reason = f"the model call carries {', '.join(uncapturable)}, which a graph cannot capture"
+        if reason is not None:  # decided before fingerprinting anything: the eager path costs nothing extra
+            return self.cache.eager(lambda: apply_model(x, timestep, **conditions), [], reason)
         names = [name for name in TENSOR_CONDITIONS if name in conditions]
         transformer_options = conditions.get("transformer_options", {})
         base_model = apply_model.__self__
