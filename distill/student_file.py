@@ -80,6 +80,7 @@ def write_safetensors_atomic(
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
+    os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes 0600; model files are meant to be shared
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, temporary, metadata=metadata)
         with open(temporary, "rb") as written:
@@ -88,6 +89,12 @@ def write_safetensors_atomic(
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def strip_key_prefix(state_dict: dict[str, torch.Tensor], length: int) -> dict[str, torch.Tensor]:
