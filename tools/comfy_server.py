@@ -100,7 +100,7 @@ class ComfyServer:
                 if data.get("prompt_id") != prompt_id:
                     continue
                 if message["type"] == "execution_success":
-                    result["history"] = self.get_json(f"/history/{prompt_id}")[prompt_id]
+                    result["history"] = self.wait_for_history(prompt_id)
                     return result
                 if message["type"] == "execution_error":
                     result["error"] = data
@@ -108,6 +108,16 @@ class ComfyServer:
             raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout_s} s:\n{self.log_tail()}")
         finally:
             ws.close()
+
+    def wait_for_history(self, prompt_id: str, timeout_s: float = 30) -> dict:
+        """The prompt's history entry; ComfyUI stores it just after announcing execution_success."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            history = self.get_json(f"/history/{prompt_id}")
+            if prompt_id in history:
+                return history[prompt_id]
+            time.sleep(0.05)
+        raise TimeoutError(f"prompt {prompt_id} succeeded but has no history entry after {timeout_s} s")
 
     def output_images(self, history: dict) -> list[bytes]:
         images = []
