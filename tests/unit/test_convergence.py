@@ -59,13 +59,7 @@ def sliced_wasserstein(a, b, generator, directions=64):
     return ((a @ dirs).sort(dim=0).values - (b @ dirs).sort(dim=0).values).abs().mean().item()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls run fastest on one thread; restore the caller's setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def distill(method, distiller_class=Distiller, steps=STEPS):

@@ -7,13 +7,7 @@ from onestep.distill.edm_sampling import edm_sigmas, heun_nfe, sample_euler, sam
 MEAN, STD = 0.3, 0.7
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors run fastest on one thread (and do not stall on a busy CPU); restore afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian_denoiser(x, sigma, **_):

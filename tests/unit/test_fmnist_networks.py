@@ -9,13 +9,7 @@ from onestep.distill.networks import EDMDenoiser
 TINY = dict(channels=(8, 16), emb_dim=16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors run fastest on one thread (and do not stall on a busy CPU); restore afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

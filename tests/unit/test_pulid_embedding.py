@@ -39,12 +39,7 @@ class SFaceAs512(YuNetSFaceAnalyzer):
         return np.tile(super().embed(image, face), 4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

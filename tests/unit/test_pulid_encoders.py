@@ -43,12 +43,7 @@ def official_idencoder(encoder, x, y):
     return torch.cat([x, torch.cat(levels, dim=1)], dim=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -83,13 +83,7 @@ def official_checkpoint(**dims) -> dict[str, torch.Tensor]:
 SMALL_OFFICIAL = {"width": 64, "depth": 21}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small forwards run ~40x faster on one thread than on two cores shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

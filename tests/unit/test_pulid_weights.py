@@ -26,13 +26,7 @@ from onestep.pulid.weights import (
 )
 from safetensors.torch import save_file
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp_shapes(prefix, dims):

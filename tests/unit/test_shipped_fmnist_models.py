@@ -16,12 +16,7 @@ MODELS = Path(__file__).resolve().parents[2] / "models" / "fmnist"
 MAX_BYTES = 20 * 2**20
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @torch.no_grad()
