@@ -33,14 +33,21 @@ def output_folder(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def pack_teacher():
-    """A small random class-conditional EDM network as a ComfyUI MODEL (zero-initialised layers perturbed)."""
+def tiny_edm_network():
+    """A small random class-conditional EDM network (its zero-initialised output layers perturbed, so F shows)."""
     from onestep.distill.networks import EDMDenoiser
-    from onestep.nodes.pack_models import edm_model_patcher
 
     torch.manual_seed(0)
     network = EDMDenoiser(channels=(8, 16), blocks=1, emb_dim=16).eval()
     with torch.no_grad():
         for parameter in network.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
-    return edm_model_patcher(network)
+    return network
+
+
+@pytest.fixture(scope="module")
+def pack_teacher(tiny_edm_network):
+    """The tiny EDM network as a ComfyUI MODEL."""
+    from onestep.nodes.pack_models import edm_model_patcher
+
+    return edm_model_patcher(tiny_edm_network)

@@ -5,7 +5,6 @@ import folder_paths
 import pytest
 import torch
 from onestep.distill.network_file import save_network
-from onestep.distill.networks import EDMDenoiser
 from onestep.nodes.pack_models import (
     OneStepClassLabel,
     OneStepLoadPackModel,
@@ -15,28 +14,18 @@ from onestep.nodes.pack_models import (
 from onestep.nodes.sampling import OneStepGenerate
 
 
-@pytest.fixture(scope="module")
-def denoiser():
-    torch.manual_seed(0)
-    network = EDMDenoiser(channels=(8, 16), blocks=1, emb_dim=16).eval()
-    with torch.no_grad():
-        for parameter in network.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))  # zero-initialised output layers would hide F
-    return network
-
-
-def test_one_step_through_comfyui_equals_the_denoiser_at_sigma_2_5(denoiser):
-    model = edm_model_patcher(denoiser)
+def test_one_step_through_comfyui_equals_the_denoiser_at_sigma_2_5(tiny_edm_network):
+    model = edm_model_patcher(tiny_edm_network)
     label = OneStepClassLabel.execute(3).result[0]
     samples = OneStepGenerate.execute(model, label, 11, 2, 28, 28, "edm", 1, 0.0).result[0]["samples"]
     z = torch.randn([2, 1, 28, 28], generator=torch.manual_seed(11))
     with torch.no_grad():
-        expected = denoiser(2.5 * z, 2.5, torch.tensor([3, 3]))
+        expected = tiny_edm_network(2.5 * z, 2.5, torch.tensor([3, 3]))
     torch.testing.assert_close(samples, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_class_labels_reach_the_network_and_stock_samplers_run(denoiser):
-    model = edm_model_patcher(denoiser)
+def test_class_labels_reach_the_network_and_stock_samplers_run(tiny_edm_network):
+    model = edm_model_patcher(tiny_edm_network)
     latent = torch.zeros(1, 1, 28, 28)
     noise = comfy.sample.prepare_noise(latent, 0)
     outputs = [
@@ -50,8 +39,8 @@ def test_class_labels_reach_the_network_and_stock_samplers_run(denoiser):
     assert image.shape == (1, 28, 28, 3) and 0 <= float(image.min()) and float(image.max()) <= 1
 
 
-def test_loader_reads_pack_network_files_and_refuses_others(denoiser, tmp_path):
-    save_network(tmp_path / "tiny_teacher.safetensors", denoiser, {"steps": 1})
+def test_loader_reads_pack_network_files_and_refuses_others(tiny_edm_network, tmp_path):
+    save_network(tmp_path / "tiny_teacher.safetensors", tiny_edm_network, {"steps": 1})
     (tmp_path / "not_a_network.safetensors").write_bytes(b"\x00" * 16)
     folder_paths.add_model_folder_path("onestep", str(tmp_path))
     model = OneStepLoadPackModel.execute("tiny_teacher.safetensors").result[0]
