@@ -6,7 +6,6 @@ images against the 10k test images (shipped statistics). It is not FID and not c
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from comfy_api.latest import io
 from PIL import Image
@@ -20,6 +19,7 @@ from ..distill.one_step import SIGMA_INIT_EDM
 from ..distill.parametrization import one_step_generate
 from .pack_models import PackEDMModel
 from .presets import student_info_of
+from .training_images import image_tensor
 
 FMNIST_DIR = Path(__file__).resolve().parents[1] / "models" / "fmnist"
 GRID_COLUMNS = 10
@@ -32,10 +32,10 @@ def edm_network(model, role: str):
     return model.model.diffusion_model.denoiser
 
 
-def fd_fmnist(images: torch.Tensor) -> float:
-    classifier = load_network(FMNIST_DIR / "classifier.safetensors")
+def fd_fmnist(images: torch.Tensor, classifier, reference: tuple) -> float:
+    """FD-FMNIST of generated images against the reference statistics of the test set."""
     mu, cov = gaussian_fit(batched_features(classifier, images.float().cpu()))
-    return frechet_distance(mu, cov, *load_stats(FMNIST_DIR / "reference_stats.safetensors"))
+    return frechet_distance(mu, cov, *reference)
 
 
 class OneStepFDFMNIST(io.ComfyNode):
@@ -81,7 +81,10 @@ class OneStepFDFMNIST(io.ComfyNode):
                 one_step_generate(student_net, chunk, init_sigma, chunk_labels)
                 for chunk, chunk_labels in zip(noise.split(500), labels.split(500))
             ]).clamp(-1, 1)
-        teacher_fd, student_fd = fd_fmnist(teacher_images), fd_fmnist(student_images)
+        classifier = load_network(FMNIST_DIR / "classifier.safetensors")
+        reference = load_stats(FMNIST_DIR / "reference_stats.safetensors")
+        teacher_fd = fd_fmnist(teacher_images, classifier, reference)
+        student_fd = fd_fmnist(student_images, classifier, reference)
         report = (f"FD-FMNIST over {len(labels)} samples (not FID): teacher {heun_nfe(sigmas)} NFE {teacher_fd:.2f}, "
                   f"student 1 NFE {student_fd:.2f}")
         return io.NodeOutput(comparison_grid(teacher_images, student_images), report, teacher_fd, student_fd,
@@ -97,4 +100,4 @@ def comparison_grid(teacher_images: torch.Tensor, student_images: torch.Tensor, 
 
     grid = image_grid(torch.cat([pick(teacher_images), pick(student_images)]), GRID_COLUMNS)
     image = Image.fromarray(grid, mode="L").resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST)
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)[None]
+    return image_tensor(image)

@@ -41,4 +41,9 @@ def training_curve(history: list[dict], first_step: int = 1) -> torch.Tensor:
         draw.text((width - margin - 150, 5 + 12 * row), f"{low:.3g} .. {high:.3g}", fill=colour)
     draw.text((margin, height - margin + 5), f"step {first_step}", fill=(0, 0, 0))
     draw.text((width - margin - 60, height - margin + 5), f"step {first_step + len(history) - 1}", fill=(0, 0, 0))
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
+    return image_tensor(image)
+
+
+def image_tensor(image: Image.Image) -> torch.Tensor:
+    """A PIL image as a ComfyUI IMAGE: [1, H, W, 3] floats in [0, 1]."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)[None]
