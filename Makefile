@@ -18,12 +18,13 @@ all: test
 
 install: $(VENV)/.installed $(HOST)/.installed
 
-$(VENV)/.installed: requirements-host.txt requirements-pulid.txt requirements-dev.txt
+$(VENV)/.installed: requirements-host.txt requirements-pulid.txt requirements-safety.txt requirements-train.txt \
+		requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check $(TORCH_SPEC)
 	$(PIP) install -q --disable-pip-version-check -r requirements-host.txt -r requirements-pulid.txt \
-		-r requirements-dev.txt
-	$(PIP) install -q --disable-pip-version-check --no-deps insightface==2.1
+		-r requirements-safety.txt -r requirements-train.txt -r requirements-dev.txt
+	$(PIP) install -q --disable-pip-version-check --no-deps insightface==2.1 nudenet==3.4.2
 	touch $@
 
 $(HOST)/.installed: $(VENV)/.installed tools/install_host.py
@@ -46,7 +47,7 @@ test-e2e: install
 	$(PYTEST) tests/e2e
 
 lint: install
-	$(VENV)/bin/ruff check __init__.py nodes distill pulid fastpath tools tests benchmarks
+	$(VENV)/bin/ruff check __init__.py nodes distill pulid fastpath safety tools tests benchmarks
 
 demo: install
 	$(PY) tools/demo.py
