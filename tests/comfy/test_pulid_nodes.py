@@ -1,0 +1,298 @@
+"""PuLID nodes in-process on small SDXL- and FLUX-shaped ComfyUI models (random weights, the real patch API).
+
+The small models keep the structure PuLID patches (SDXL: the 70 cross-attentions in the same blocks;
+FLUX: double and single blocks) with narrow widths; the PuLID modules are built with matching widths
+and the official key names (pulid/weights.py).
+"""
+
+import comfy.model_management
+import comfy.sample
+import comfy.supported_models
+import numpy as np
+import pytest
+import torch
+from comfy_host import tiny_model_patcher
+from onestep.distill.student_file import StudentInfo
+from onestep.nodes.presets import STUDENT_INFO_KEY
+from onestep.nodes.pulid_apply import (
+    ApplyPuLID,
+    ApplyPuLIDFlux,
+    PulidApplyError,
+    PulidAttention,
+    PulidFluxBlock,
+    step_window,
+)
+from onestep.nodes.pulid_embed import PulidEmbedding
+from onestep.nodes.pulid_loaders import PulidModel
+from onestep.pulid.encoders import IDFormer
+from onestep.pulid.injection import PerceiverAttentionCA, flux_contribution, flux_injection_indices, id_contribution
+from onestep.pulid.weights import SDXL_CROSS_ATTENTION_SLOTS, Layout, PuLIDFlux, PuLIDSDXL
+
+TOKEN_DIM = 8
+TINY_SDXL_CONFIG = {
+    "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
+    "num_res_blocks": [2, 2, 2], "channel_mult": [1, 2, 4],
+    "transformer_depth": [0, 0, 2, 2, 10, 10], "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+    "transformer_depth_middle": 10, "context_dim": 16, "use_linear_in_transformer": True,
+    "use_spatial_transformer": True, "adm_in_channels": 2816, "num_classes": "sequential",
+    "use_temporal_attention": False, "use_temporal_resblock": False, "num_heads": -1, "num_head_channels": 16,
+}
+TINY_FLUX_CONFIG = {
+    "image_model": "flux", "in_channels": 4, "out_channels": 4, "vec_in_dim": 8, "context_in_dim": 16,
+    "hidden_size": 32, "mlp_ratio": 2.0, "num_heads": 2, "depth": 3, "depth_single_blocks": 5,
+    "axes_dim": [4, 6, 6], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": False,
+}
+SDXL_HIDDEN = {640: 64, 1280: 128}  # official width -> the tiny model's width
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl():
+    return tiny_model_patcher(comfy.supported_models.SDXL, TINY_SDXL_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def tiny_flux():
+    return tiny_model_patcher(comfy.supported_models.Flux, TINY_FLUX_CONFIG)
+
+
+def randomised(module, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return module.eval()
+
+
+def small_encoder():
+    return IDFormer(dim=8, dim_head=4, heads=2, output_dim=TOKEN_DIM, id_dim=12, vit_width=6)
+
+
+@pytest.fixture(scope="module")
+def sdxl_pulid():
+    hidden = [SDXL_HIDDEN[h] for *_, h in SDXL_CROSS_ATTENTION_SLOTS]
+    module = randomised(PuLIDSDXL(small_encoder(), hidden, context_dim=TOKEN_DIM))
+    return PulidModel(Layout("pulid_sdxl", "sdxl", "IDFormer"), module, "small_pulid_v1.1.safetensors")
+
+
+@pytest.fixture(scope="module")
+def flux_pulid():
+    cross_attentions = [PerceiverAttentionCA(dim=32, dim_head=8, heads=2, kv_dim=TOKEN_DIM)
+                        for _ in flux_injection_indices(3, 5)]
+    module = randomised(PuLIDFlux(small_encoder(), cross_attentions))
+    return PulidModel(Layout("pulid_flux", "flux", "IDFormer"), module, "small_pulid_flux.safetensors")
+
+
+def embedding(base="sdxl", seed=1, tokens=6):
+    generator = torch.Generator().manual_seed(seed)
+    cond, uncond = (torch.randn(1, tokens, TOKEN_DIM, generator=generator) for _ in range(2))
+    return PulidEmbedding(cond, uncond, base, np.zeros((1, 512), np.float32), "test")
+
+
+def apply(model, pulid, embed, **overrides):
+    inputs = dict(weight=1.0, start_at=0.0, end_at=1.0, preset="fidelity", projection="ortho_v2", num_zero_tokens=8)
+    inputs.update(overrides)
+    return ApplyPuLID.execute(model, pulid, embed, **inputs).result[0]
+
+
+def sdxl_conditioning(batch=1):
+    generator = torch.Generator().manual_seed(3)
+    return [[torch.randn(batch, 5, 16, generator=generator), {"pooled_output": torch.zeros(batch, 1280)}]]
+
+
+def sample(model, positive, negative=None, cfg=1.0, steps=2, latent_hw=(8, 8), batch=1, seed=5):
+    latent = torch.zeros(batch, 4, *latent_hw)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", positive, negative or positive, latent,
+                               disable_pbar=True, seed=seed)
+
+
+def test_apply_pulid_changes_the_clone_and_leaves_the_original_bit_identical(tiny_sdxl, sdxl_pulid):
+    positive = sdxl_conditioning()
+    before = sample(tiny_sdxl, positive)
+    patched = apply(tiny_sdxl, sdxl_pulid, embedding())
+    with_id = sample(patched, positive)
+    after = sample(tiny_sdxl, positive)
+    assert torch.equal(before, after)
+    assert "patches_replace" not in tiny_sdxl.model_options["transformer_options"]
+    assert (with_id - before).abs().mean() > 1e-3
+    del patched
+    assert torch.equal(sample(tiny_sdxl, positive), before)
+
+
+def test_weight_zero_is_the_plain_model(tiny_sdxl, sdxl_pulid):
+    positive = sdxl_conditioning()
+    patched = apply(tiny_sdxl, sdxl_pulid, embedding(), weight=0.0, preset="neutral")
+    torch.testing.assert_close(sample(patched, positive), sample(tiny_sdxl, positive), rtol=1e-5, atol=1e-5)
+
+
+def patch_of(model, slot=30):
+    block, block_id, index, _ = SDXL_CROSS_ATTENTION_SLOTS[slot]
+    return model.model_options["transformer_options"]["patches_replace"]["attn2"][(block, block_id, index)]
+
+
+def attention_inputs(batch, tokens=16, width=128, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, tokens, width, generator=generator)
+    k, v = (torch.randn(batch, 5, width, generator=generator) for _ in range(2))
+    return q, k, v
+
+
+def reference_term(pulid, embed, slot, q, h, which, projection="ortho_v2", num_zero=8, weight=1.0, heads=8):
+    tokens = torch.cat([getattr(embed, which), torch.zeros(1, num_zero, TOKEN_DIM)], dim=1)
+    layer = pulid.module.projection(slot)
+    k_id, v_id = layer.id_to_k(tokens), layer.id_to_v(tokens)
+    return id_contribution(h, q, k_id.expand(q.shape[0], -1, -1), v_id.expand(q.shape[0], -1, -1), heads,
+                           projection, weight)
+
+
+def test_cfg_chunks_get_their_own_id_tokens(tiny_sdxl, sdxl_pulid):
+    embed = embedding()
+    patch = patch_of(apply(tiny_sdxl, sdxl_pulid, embed))
+    q, k, v = attention_inputs(4)
+    options = {"n_heads": 8, "cond_or_uncond": [1, 0], "sigmas": torch.ones(4), "original_shape": [4, 4, 8, 8]}
+    out = patch(q, k, v, options)
+    h = torch.nn.functional.scaled_dot_product_attention(
+        *(t.unflatten(-1, (8, -1)).transpose(1, 2) for t in (q, k, v))).transpose(1, 2).flatten(2)
+    with torch.no_grad():
+        uncond = reference_term(sdxl_pulid, embed, 30, q[:2], h[:2], "uncond")
+        cond = reference_term(sdxl_pulid, embed, 30, q[2:], h[2:], "cond")
+    torch.testing.assert_close(out, h + torch.cat([uncond, cond]), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(uncond, cond, atol=1e-3)
+
+
+def test_masks_per_sample_and_two_faces(tiny_sdxl, sdxl_pulid):
+    left = torch.zeros(2, 64, 64)
+    left[0, :, :32] = 1  # sample 0: the left half; sample 1: nowhere
+    right = torch.zeros(1, 64, 64)
+    right[:, :, 32:] = 1
+    first, second = embedding(seed=1), embedding(seed=2)
+    once = apply(tiny_sdxl, sdxl_pulid, first, attn_mask=left, preset="neutral")
+    twice = apply(once, sdxl_pulid, second, attn_mask=right, preset="neutral")
+    assert len(patch_of(twice).faces) == 2 and len(patch_of(once).faces) == 1  # the first clone is unchanged
+    q, k, v = attention_inputs(2)
+    options = {"n_heads": 8, "cond_or_uncond": [0], "sigmas": torch.ones(2), "original_shape": [2, 4, 8, 8]}
+    plain = PulidAttention(30, ())(q, k, v, options)
+    delta = patch_of(twice)(q, k, v, options) - plain
+    columns = torch.arange(16) % 4  # the 4x4 token grid of this layer, row-major
+    with torch.no_grad():
+        term_first = reference_term(sdxl_pulid, first, 30, q, plain, "cond", "none", 0)
+        term_second = reference_term(sdxl_pulid, second, 30, q, plain, "cond", "none", 0)
+    torch.testing.assert_close(delta[0, columns < 2], term_first[0, columns < 2], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(delta[0, columns >= 2], term_second[0, columns >= 2], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(delta[1, columns >= 2], term_second[1, columns >= 2], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(delta[1, columns < 2], torch.zeros_like(delta[1, columns < 2]), rtol=0, atol=1e-6)
+
+
+def test_a_mask_of_another_shape_is_refused(tiny_sdxl, sdxl_pulid):
+    patched = apply(tiny_sdxl, sdxl_pulid, embedding(), attn_mask=torch.ones(64, 32))
+    with pytest.raises(PulidApplyError, match="attn_mask is 32x64 but the image is 64x64"):
+        sample(patched, sdxl_conditioning())
+
+
+def test_foreign_attention_patches_are_kept(tiny_sdxl, sdxl_pulid):
+    calls = []
+
+    def foreign(q, k, v, extra_options):
+        calls.append(q.shape)
+        return torch.zeros_like(q)
+
+    model = tiny_sdxl.clone()
+    block, block_id, index, _ = SDXL_CROSS_ATTENTION_SLOTS[30]
+    model.set_model_attn2_replace(foreign, block, block_id, index)
+    patch = patch_of(apply(model, sdxl_pulid, embedding()))
+    q, k, v = attention_inputs(1)
+    patch(q, k, v, {"n_heads": 8, "cond_or_uncond": [0], "sigmas": torch.ones(1), "original_shape": [1, 4, 8, 8]})
+    assert calls == [q.shape] and patch.previous is foreign
+
+
+def test_wrong_model_and_wrong_weights_are_refused(tiny_sdxl, tiny_sd15, sdxl_pulid, flux_pulid, tiny_flux):
+    with pytest.raises(PulidApplyError, match="Apply PuLID: .* is PuLID for SDXL, but this .* cross-attention"):
+        apply(tiny_sd15, sdxl_pulid, embedding())
+    with pytest.raises(PulidApplyError, match="FLUX weights .* but the model is SDXL"):
+        apply(tiny_sdxl, flux_pulid, embedding("flux"))
+    with pytest.raises(PulidApplyError, match="embedding was made with PuLID FLUX"):
+        apply(tiny_sdxl, sdxl_pulid, embedding("flux"))
+    with pytest.raises(PulidApplyError, match="SDXL weights .* but the model is FLUX"):
+        flux_apply(tiny_flux, sdxl_pulid, embedding())
+    with pytest.raises(PulidApplyError, match="PuLID for FLUX, but this is a SDXL model"):
+        flux_apply(tiny_sdxl, flux_pulid, embedding("flux"))
+    with pytest.raises(PulidApplyError, match="start .* must be below end"):
+        apply(tiny_sdxl, sdxl_pulid, embedding(), start_at=0.5, end_at=0.5)
+
+
+def test_start_end_on_a_one_step_student_are_fractions_of_its_own_steps(tiny_sdxl, sdxl_pulid):
+    student = tiny_sdxl.clone()
+    student.model_options[STUDENT_INFO_KEY] = StudentInfo(preset="sid-lsg")
+    sigma_625 = float(student.get_model_object("model_sampling").sigma(torch.tensor(625.0)))
+    whole, later = step_window(student, 0.0, 1.0, "test"), step_window(student, 0.5, 1.0, "test")
+    assert whole.active(torch.tensor([sigma_625])) and not later.active(torch.tensor([sigma_625]))
+    assert later.sigma_start == pytest.approx(float(student.get_model_object("model_sampling").sigma(
+        torch.tensor(312.5))), rel=1e-6)
+    teacher_window = step_window(tiny_sdxl, 0.5, 1.0, "test")  # the teacher's schedule: 0.5 is t = 499.5
+    assert teacher_window.active(torch.tensor([1.0])) and not teacher_window.active(torch.tensor([sigma_625]))
+
+    from onestep.nodes.sampling import OneStepGenerate
+
+    def generate(model):
+        inputs = dict(seed=7, batch_size=1, width=64, height=64, preset="auto", steps=1, custom_value=0.0)
+        return OneStepGenerate.execute(model, sdxl_conditioning(), **inputs).result[0]["samples"]
+
+    plain = generate(student)
+    assert (generate(apply(student, sdxl_pulid, embedding())) - plain).abs().mean() > 1e-3
+    assert torch.equal(generate(apply(student, sdxl_pulid, embedding(), start_at=0.5)), plain)
+
+
+def flux_apply(model, pulid, embed, **overrides):
+    inputs = dict(weight=1.0, start_at=0.0, end_at=1.0)
+    inputs.update(overrides)
+    return ApplyPuLIDFlux.execute(model, pulid, embed, **inputs).result[0]
+
+
+def flux_conditioning():
+    generator = torch.Generator().manual_seed(4)
+    return [[torch.randn(1, 7, 16, generator=generator), {"pooled_output": torch.zeros(1, 8)}]]
+
+
+def test_flux_patch_adds_the_cross_attention_to_image_tokens_and_leaves_the_original(tiny_flux, flux_pulid):
+    positive = flux_conditioning()
+    before = sample(tiny_flux, positive)
+    embed = embedding("flux")
+    patched = flux_apply(tiny_flux, flux_pulid, embed, weight=0.7)
+    assert (sample(patched, positive) - before).abs().mean() > 1e-3
+    assert torch.equal(sample(tiny_flux, positive), before)
+    blocks = patched.model_options["transformer_options"]["patches_replace"]["dit"]
+    assert sorted(blocks) == sorted(flux_injection_indices(3, 5))
+
+    generator = torch.Generator().manual_seed(0)
+    txt, img = torch.randn(1, 7, 32, generator=generator), torch.randn(1, 16, 32, generator=generator)
+    options = {"cond_or_uncond": [0], "sigmas": torch.ones(1)}
+    double = blocks[("double_block", 2)]
+    out = double({"img": img, "txt": txt, "transformer_options": options},
+                 {"original_block": lambda args: {"img": args["img"] * 2, "txt": args["txt"]}})
+    with torch.no_grad():
+        expected = 2 * img + flux_contribution(flux_pulid.module.pulid_ca[1], embed.cond, 2 * img, 0.7)
+    torch.testing.assert_close(out["img"], expected, rtol=1e-5, atol=1e-6)
+    assert options["onestep_pulid_txt_tokens"] == 7
+    single = blocks[("single_block", 4)]
+    joint = torch.cat([txt, img], dim=1)
+    out = single({"img": joint, "transformer_options": options}, {"original_block": lambda args: {"img": args["img"]}})
+    with torch.no_grad():
+        expected = img + flux_contribution(flux_pulid.module.pulid_ca[3], embed.cond, img, 0.7)
+    torch.testing.assert_close(out["img"][:, :7], txt)
+    torch.testing.assert_close(out["img"][:, 7:], expected, rtol=1e-5, atol=1e-6)
+    assert isinstance(single, PulidFluxBlock) and single.ca_index == 3
+
+
+def test_flux_pulid_of_another_size_is_refused(tiny_flux):
+    cross_attentions = [PerceiverAttentionCA(dim=32, dim_head=8, heads=2, kv_dim=TOKEN_DIM) for _ in range(20)]
+    pulid = PulidModel(Layout("pulid_flux", "flux", "IDFormer"), PuLIDFlux(small_encoder(), cross_attentions), "f")
+    with pytest.raises(PulidApplyError, match="has 20 cross-attentions .* 3 double and 5 single blocks"):
+        flux_apply(tiny_flux, pulid, embedding("flux"))
+
+
+def test_flux_cross_attentions_ride_with_the_model(tiny_flux, flux_pulid):
+    patched = flux_apply(tiny_flux, flux_pulid, embedding("flux"))
+    twice = flux_apply(patched, flux_pulid, embedding("flux", seed=2))
+    assert [m.model for m in twice.get_additional_models_with_key("onestep_pulid")] == [flux_pulid.module.pulid_ca] * 2
+    assert len(twice.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 0)].faces) == 2
+    comfy.model_management.load_models_gpu([twice])  # the cross-attentions load with the model
