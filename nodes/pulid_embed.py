@@ -7,7 +7,7 @@ import comfy.model_management
 import comfy.utils
 import numpy as np
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from .pulid_loaders import EVA_CLIP, FACE_ANALYSIS, PULID, PulidModel
 
@@ -158,6 +158,7 @@ class IDSimilarity(io.ComfyNode):
             node_id="OneStepIDSimilarity",
             display_name="ID Similarity",
             category="OneStep/PuLID",
+            is_output_node=True,
             description="How much the generated faces look like the reference person: cosine between face "
                         "recognition embeddings of the largest face of each image and the reference identity "
                         "(mean over the reference photos). Images without a face are counted, not scored.",
@@ -190,4 +191,5 @@ class IDSimilarity(io.ComfyNode):
         mean = float(np.mean(scored)) if scored else float("nan")
         report = {"recognizer": face_analysis.name, "per_image": similarities, "mean": mean if scored else None,
                   "images": len(similarities), "without_face": len(similarities) - len(scored)}
-        return io.NodeOutput(mean, json.dumps(report))
+        text = json.dumps(report)
+        return io.NodeOutput(mean, text, ui=ui.PreviewText(text))
