@@ -229,3 +229,11 @@ def test_insightface_backend_no_face(tmp_path, sface_bytes):
     (tmp_path / "rec.onnx").write_bytes(sface_bytes)
     with pytest.raises(NoFaceError, match=r"ref.png \(300x200\) by InsightFace"):
         detect_faces(InsightFaceAnalyzer(tmp_path), np.full((200, 300, 3), 100, np.uint8), "ref.png")
+
+
+def test_cosine_similarity_known_values():
+    from onestep.pulid.similarity import cosine_similarity
+
+    assert cosine_similarity(np.array([1.0, 0.0]), np.array([3.0, 0.0])) == pytest.approx(1.0)
+    assert cosine_similarity(np.array([1.0, 0.0]), np.array([0.0, 2.0])) == pytest.approx(0.0)
+    assert cosine_similarity(np.array([1.0, 1.0]), np.array([-1.0, 0.0])) == pytest.approx(-(0.5**0.5))
