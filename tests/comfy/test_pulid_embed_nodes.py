@@ -17,8 +17,10 @@ from onestep.nodes.pulid_loaders import (
     YUNET_SFACE,
     PuLIDEvaClipLoader,
     PuLIDFaceAnalysisLoader,
+    PuLIDFaceParsingLoader,
     PulidModel,
     PuLIDModelLoader,
+    face_parsing_files,
 )
 from onestep.pulid.encoders import IDFormer
 from onestep.pulid.eva_clip import build_eva02_clip_l14_336
@@ -141,3 +143,36 @@ def test_eva_clip_and_pulid_loaders_refuse_other_files(tmp_path, monkeypatch):
         PuLIDModelLoader.execute("clip_vit_l14.safetensors")
     with pytest.raises(FileNotFoundError, match="PuLID Load Model: 'missing.safetensors' not found"):
         PuLIDModelLoader.execute("missing.safetensors")
+
+
+@pytest.fixture
+def face_parsing_folders(tmp_path, monkeypatch):
+    """models/facexlib and models/facedetection in a temporary folder."""
+    for name in ("facexlib", "facedetection"):
+        (tmp_path / name).mkdir()
+        monkeypatch.setitem(folder_paths.folder_names_and_paths, name, ([str(tmp_path / name)], set()))
+    return tmp_path
+
+
+def test_face_parsing_whitens_the_crops(small_pulid, small_eva, photos, face_parsing_folders):
+    from onestep.pulid.face_crop import whitened_region
+    from onestep.pulid.face_parsing import BiSeNet
+
+    torch.manual_seed(0)  # a random BiSeNet in facexlib's layout, where facexlib's face restorers keep it
+    torch.save(BiSeNet(19).state_dict(), face_parsing_folders / "facedetection" / "parsing_bisenet.pth")
+    assert face_parsing_files() == ["parsing_bisenet.pth"]
+    with pytest.raises(FileNotFoundError, match="PuLID Load Face Parsing: 'other.pth' not found in .*facexlib"):
+        PuLIDFaceParsingLoader.execute("other.pth")
+    parsing = PuLIDFaceParsingLoader.execute("parsing_bisenet.pth").result[0]
+    seen = []
+    parsing.register_forward_hook(lambda module, args, output: seen.append(output[0]))
+    plain, _, plain_crops = embed(small_pulid, small_eva, SFaceAs512(), [photos["astronaut"]])
+    parsed, _, crops = embed(small_pulid, small_eva, SFaceAs512(), [photos["astronaut"]], face_parsing=parsing)
+    assert len(seen) == 1 and seen[0].shape == (1, 19, 512, 512)
+    white = whitened_region(seen[0]).permute(0, 2, 3, 1).expand_as(crops)
+    assert white.any() and (~white).any()
+    assert torch.all(crops[white] == 1.0) and torch.equal(crops[~white], plain_crops[~white])
+    assert not torch.equal(crops, plain_crops) and not torch.allclose(parsed.cond, plain.cond)
+    save_file({"head.weight": torch.zeros(1)}, face_parsing_folders / "facexlib" / "other.safetensors")
+    with pytest.raises(ValueError, match="PuLID Load Face Parsing: other.safetensors is not facexlib's BiSeNet"):
+        PuLIDFaceParsingLoader.execute("other.safetensors")

@@ -296,3 +296,23 @@ def test_flux_cross_attentions_ride_with_the_model(tiny_flux, flux_pulid):
     assert [m.model for m in twice.get_additional_models_with_key("onestep_pulid")] == [flux_pulid.module.pulid_ca] * 2
     assert len(twice.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 0)].faces) == 2
     comfy.model_management.load_models_gpu([twice])  # the cross-attentions load with the model
+
+
+def test_the_protected_identity_guard_refuses_a_matching_face(tiny_sdxl, sdxl_pulid):
+    from onestep.safety.errors import ProtectedIdentityError, SafetyInputError
+    from onestep.safety.identity import IdentityGallery
+
+    rng = np.random.default_rng(0)
+    protected, other = rng.normal(size=(2, 512))
+    gallery = IdentityGallery(protected[None], ["protected person"], "InsightFace (antelopev2)")
+
+    def embedding_of(vector, analyzer="InsightFace (antelopev2)"):
+        embed = embedding()
+        embed.recognition, embed.analyzer_name = vector[None].astype(np.float32), analyzer
+        return embed
+
+    with pytest.raises(ProtectedIdentityError, match="Apply PuLID: refused: .* 'protected person'"):
+        apply(tiny_sdxl, sdxl_pulid, embedding_of(protected + 0.1 * other), protected_identities=gallery)
+    with pytest.raises(SafetyInputError, match="Apply PuLID: the protected gallery was built with InsightFace"):
+        apply(tiny_sdxl, sdxl_pulid, embedding_of(other, "YuNet + SFace"), protected_identities=gallery)
+    assert apply(tiny_sdxl, sdxl_pulid, embedding_of(other), protected_identities=gallery) is not tiny_sdxl

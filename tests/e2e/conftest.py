@@ -1,5 +1,7 @@
 """One real ComfyUI server for the e2e tier, with the pack linked under an awkward folder name."""
 
+import shutil
+from importlib.util import find_spec
 from pathlib import Path
 
 import comfy_host
@@ -23,7 +25,17 @@ PLACEHOLDER_FILES = [
     "diffusion_models/sim_dit_600m.safetensors",
     "text_encoders/t5xxl_fp16.safetensors",
     "vae/sd-vae-ft-ema.safetensors",
+    # PuLID: SDXL / FLUX bases, PuLID weights and EVA-CLIP are 1-24 GB each (see test_pulid_workflows.py)
+    "checkpoints/sd_xl_base_1.0.safetensors",
+    "diffusion_models/sdxl_one_step_student.safetensors",
+    "diffusion_models/flux1-dev.safetensors",
+    "text_encoders/clip_l.safetensors",
+    "vae/ae.safetensors",
+    "pulid/pulid_v1.1.safetensors",
+    "pulid/pulid_flux_v0.9.1.safetensors",
+    "clip_vision/EVA02_CLIP_L_336_psz14_s6B.pt",
 ]
+REFERENCE_PHOTO = Path(find_spec("skimage").origin).parent / "data" / "astronaut.png"
 
 
 def write_placeholder_safetensors(path: Path) -> None:
@@ -43,6 +55,9 @@ def server(tmp_path_factory):
     for relative in PLACEHOLDER_FILES:
         (base / "models" / relative).parent.mkdir(parents=True, exist_ok=True)
         write_placeholder_safetensors(base / "models" / relative)
+    (base / "models" / "insightface" / "models" / "antelopev2").mkdir(parents=True)  # empty: antelopev2 is not offline
+    (base / "input").mkdir()
+    shutil.copy(REFERENCE_PHOTO, base / "input" / "pulid_reference.png")
     (base / "models" / "diffusion_models" / "not_a_student.ckpt").write_bytes(b"\x80\x04this is a pickle")
     comfy_server = ComfyServer(comfy_host.COMFYUI_DIR, base, base / "server.log").start()
     try:
