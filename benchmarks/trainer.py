@@ -2,6 +2,7 @@
 
     python benchmarks/trainer.py                          # CPU: the pack's Fashion-MNIST-size EDM network, batch 8
     python benchmarks/trainer.py --model sd15 --device cuda --batch 8 --size 512 --precision bf16   # GPU, SD1.5
+    python benchmarks/trainer.py --grad-checkpointing --lora-rank 8 --fused --grad-accumulation 2  # memory options
 
 Each method runs in its own process (so peak memory is its own): a few warm-up iterations, then timed ones.
 CPU peak memory is the process's maximum resident set; GPU peak memory is torch's peak allocation.
@@ -9,6 +10,7 @@ CPU peak memory is the process's maximum resident set; GPU peak memory is torch'
 
 import argparse
 import json
+import os
 import resource
 import shlex
 import subprocess
@@ -34,6 +36,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in backward")
+    parser.add_argument("--lora-rank", type=int, default=0, help="LoRA adapters of this rank (0: full fine-tuning)")
+    parser.add_argument("--fused", action="store_true", help="fused AdamW")
+    parser.add_argument("--grad-accumulation", type=int, default=1, help="micro-batches of --batch per step")
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # set for the child processes
     return parser.parse_args(argv)
 
@@ -76,7 +82,9 @@ def measure(args) -> dict:
     guidance = 1.5 if args.method == "sid-lsg" else 1.0
     config = DistillConfig(method=args.method, batch_size=args.batch, sample_shape=shape, init_sigma=init_sigma,
                            view=view, alpha=1.2 if view == "edm" else 1.0, k_train_fake=guidance,
-                           k_eval_fake=guidance, k_eval_real=guidance, steps=args.warmup + args.iterations)
+                           k_eval_fake=guidance, k_eval_real=guidance, steps=args.warmup + args.iterations,
+                           gradient_checkpointing=args.grad_checkpointing, lora_rank=args.lora_rank,
+                           fused_adamw=args.fused, grad_accumulation=args.grad_accumulation)
     distiller = Distiller(teacher, config, cond_sampler=cond_sampler, uncond=uncond)
     device = torch.device(args.device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
@@ -112,13 +120,19 @@ def main() -> int:
 
     device = torch.device(args.device)
     model = "Fashion-MNIST EDM UNet (random weights)" if args.model == "fmnist" else "SD1.5-size UNet (random weights)"
+    options = {"grad_checkpointing": args.grad_checkpointing, "lora_rank": args.lora_rank, "fused_adamw": args.fused,
+               "grad_accumulation": args.grad_accumulation}
     result = {"s_per_it": rows[0]["s_per_it"], "peak_gb": rows[0]["peak_gb"], "method": rows[0]["method"],
-              "device": describe_device(device), "model": model, "batch": args.batch, "precision": args.precision,
+              "device": describe_device(device), "model": model, "batch": args.batch * args.grad_accumulation,
+              "precision": args.precision, **options,
               "peak_memory": "max RSS of the process" if device.type == "cpu" else "torch peak allocated",
               "per_method": rows}
     summary = ", ".join(f"{r['method']} {r['s_per_it']:.3f} s/it, {r['peak_gb']:.2f} GB" for r in rows)
+    chosen = ", ".join(f"{k} {v}" for k, v in options.items() if v not in (False, 0, 1))
+    load = f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores" if device.type == "cpu" else ""
     write_result("trainer", result, shlex.join(["python", "benchmarks/trainer.py", *sys.argv[1:]]),
-                 f"{summary} ({model}, batch {args.batch}, {args.precision})")
+                 f"{summary} ({model}, batch {result['batch']}, {args.precision}{', ' + chosen if chosen else ''}"
+                 f"{load})")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Train a exported job on one or several processes: ``torchrun --nproc_per_node N -m <pack>.distill.cli JOB_DIR``.
 
 Each process holds the three networks; DistributedDataParallel averages the gradients (NCCL on GPUs, gloo on
-CPUs). ``config.batch_size`` is the batch of each process. Rank 0 writes the checkpoints, ``losses.jsonl``
+CPUs). With ``--fsdp`` the generator and fake score are sharded instead (FSDP2 ``fully_shard``; works with gloo on
+CPUs too). ``config.batch_size`` is the batch of each process. Rank 0 writes the checkpoints, ``losses.jsonl``
 and, at the end, ``student.safetensors`` (the EMA generator, which OneStep Load Pack Model reads).
 """
 
@@ -24,6 +25,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("job_dir", type=Path, help="a folder written by OneStep Export Training Job")
     parser.add_argument("--log-every", type=int, default=10, help="print progress every N iterations (rank 0)")
+    parser.add_argument("--fsdp", action="store_true",
+                        help="shard generator and fake score across the processes (FSDP2 fully_shard) instead of "
+                             "replicating them (DDP): less memory per GPU, same losses; checkpoints stay whole")
     return parser.parse_args(argv)
 
 
@@ -49,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         job = read_job(args.job_dir, device)
         distiller = Distiller(job.teacher, job.config, cond_sampler=label_sampler(job.conds), uncond=job.uncond,
-                              rank=rank, world_size=world_size)
+                              rank=rank, world_size=world_size, fsdp=args.fsdp)
+        if rank == 0:
+            layout = "sharded (FSDP)" if distiller.sharded else "replicated (DDP)" if world_size > 1 else "one process"
+            print(f"{world_size} process(es), networks {layout}, batch {distiller.global_batch} per step", flush=True)
         if latest_checkpoint(job.folder) is not None:
             distiller.resume(job.folder)
         losses_path = job.folder / LOSSES_FILE
@@ -63,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"step {step}/{total}: generator {losses['generator']:.4g}, "
                       f"fake score {losses['fake_score']:.4g}", flush=True)
 
-        distiller.train(job.folder if rank == 0 else None, on_progress=on_progress)
+        distiller.train(job.folder, on_progress=on_progress)  # every rank takes part in a save, rank 0 writes
         if rank == 0:
             save_network(job.folder / STUDENT_FILE, distiller.ema.module,
                          {"preset": "custom-sigma", "sigma": job.config.init_sigma, "method": job.config.method,

@@ -11,6 +11,8 @@ import copy
 import torch
 from torch import nn
 
+from .sharding import full_tensor
+
 
 def ema_beta_from_halflife(batch_size: int, halflife_nimg: float) -> float:
     """Per-step decay for a half-life in images: beta = 0.5^(batch / halflife) (EDM, training_loop.py)."""
@@ -54,7 +56,7 @@ class EMA:
         beta = self.decay(batch_size, cur_nimg)
         live = dict(module.named_parameters()) | dict(module.named_buffers())
         for name, average in list(self.module.named_parameters()) + list(self.module.named_buffers()):
-            source = live[name].detach()
+            source = full_tensor(live[name].detach())  # a sharded (FSDP) network's weights, gathered whole
             if average.is_floating_point():
                 average.copy_(source.lerp(average, beta))
             else:

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .conditions import Condition, condition_rows, first_tensor, replace_rows
 from .parametrization import Denoiser
 
 
@@ -103,12 +104,11 @@ def guided_denoise(D: Denoiser, x: Tensor, sigma: Tensor, cond: Any, uncond: Any
     return guided(D(x, sigma, uncond), D(x, sigma, cond), k)
 
 
-def drop_prompts(cond: Tensor, uncond: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
+def drop_prompts(cond: Condition, uncond: Condition, p: float, generator: torch.Generator | None = None) -> Condition:
     """Replace a fraction p of the batch's conditions by the unconditional one (SiD-LSG k1 training)."""
-    draw_device = generator.device if generator is not None else cond.device
-    drop = torch.rand(cond.shape[0], generator=generator, device=draw_device)
-    drop = (drop < p).to(cond.device).reshape((-1,) + (1,) * (cond.ndim - 1))
-    return torch.where(drop, uncond.to(cond.dtype).expand_as(cond), cond)
+    draw_device = generator.device if generator is not None else first_tensor(cond).device
+    drop = torch.rand(condition_rows(cond), generator=generator, device=draw_device) < p
+    return replace_rows(drop, uncond, cond)
 
 
 # --- SiD generator loss ----------------------------------------------------------------------

@@ -148,6 +148,11 @@ class EDMDenoiser(nn.Module):
         """Constructor arguments, enough to rebuild the network around a state dict."""
         return dict(self._config)
 
+    def checkpointable_blocks(self) -> list[nn.Module]:
+        """The residual and attention blocks, whose activations gradient checkpointing recomputes in backward."""
+        layers = (*self.unet.down, *self.unet.mid, *self.unet.up)
+        return [layer for layer in layers if isinstance(layer, (ResBlock, SelfAttention))]
+
     def forward(self, x: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None) -> Tensor:
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
         sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma

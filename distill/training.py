@@ -9,6 +9,7 @@ run repeats an uninterrupted one step for step.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable
@@ -27,7 +28,9 @@ from .checkpoint import (
     network_signature,
     save_checkpoint,
 )
+from .conditions import slice_rows
 from .ema import EMA
+from .lora import add_lora_adapters, has_lora
 from .losses import (
     LSGScales,
     drop_prompts,
@@ -37,8 +40,17 @@ from .losses import (
     sid_generator_loss,
     sim_pseudo_huber_loss,
 )
+from .memory import adam, checkpoint_blocks
 from .noise_levels import NoiseLevels
 from .parametrization import Denoiser, append_dims, one_step_generate
+from .sharding import (
+    full_optimizer_state,
+    full_state_dict,
+    load_full_optimizer_state,
+    load_full_state_dict,
+    local_tensor,
+    shard_network,
+)
 
 METHODS = ("sid", "sid-lsg", "sim")
 SIM_WEIGHTINGS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -96,6 +108,11 @@ class DistillConfig:
     keep_checkpoints: int | None = 3
     preview_every: int = 0
     preview_count: int = 4
+    # memory: batch_size is one micro-batch; each optimizer step sees grad_accumulation of them (per process)
+    grad_accumulation: int = 1
+    gradient_checkpointing: bool = False  # recompute the blocks' activations of generator and fake score in backward
+    fused_adamw: bool = False  # the fused AdamW kernel (weight decay 0: the same update as Adam)
+    lora_rank: int = 0  # 0: train every weight; > 0: LoRA adapters of this rank, the base weights frozen
 
     # fields a resumed run may change without being a different run
     RESUMABLE: ClassVar[tuple] = (
@@ -105,6 +122,7 @@ class DistillConfig:
         "preview_every",
         "preview_count",
         "max_nonfinite_steps",
+        "gradient_checkpointing",
     )
 
     def __post_init__(self):
@@ -116,6 +134,9 @@ class DistillConfig:
             raise ValueError(f"fake_score_loss must be 'auto', 'edm' or 'eps', got {self.fake_score_loss!r}")
         if self.sim_weighting not in SIM_WEIGHTINGS:
             raise ValueError(f"sim_weighting must be one of {tuple(SIM_WEIGHTINGS)}, got {self.sim_weighting!r}")
+        if self.grad_accumulation < 1 or self.lora_rank < 0:
+            raise ValueError(f"grad_accumulation must be >= 1 and lora_rank >= 0, got {self.grad_accumulation} and "
+                             f"{self.lora_rank}")
         self.noise_levels()  # validates the view
 
     def to_dict(self) -> dict:
@@ -171,7 +192,8 @@ def _sanitize_grads(module: nn.Module) -> None:
     """SiD's guard: NaN gradients to 0, infinities to +-1e5."""
     for p in module.parameters():
         if p.grad is not None:
-            torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+            grad = local_tensor(p.grad)
+            torch.nan_to_num(grad, nan=0.0, posinf=1e5, neginf=-1e5, out=grad)
 
 
 def _data_parallel(module: nn.Module, world_size: int) -> nn.Module:
@@ -179,6 +201,35 @@ def _data_parallel(module: nn.Module, world_size: int) -> nn.Module:
     if world_size == 1:
         return module
     return nn.parallel.DistributedDataParallel(module)
+
+
+def _gradient_sync(trained: nn.Module, sync: bool):
+    """No gradient reduction for all but the last micro-batch of a step (DDP's no_sync, FSDP's switch)."""
+    if hasattr(trained, "set_requires_gradient_sync"):  # FSDP
+        trained.set_requires_gradient_sync(sync)
+    if sync or not isinstance(trained, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return trained.no_sync()
+
+
+def _trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The LoRA adapters where the network has some, else every parameter."""
+    if has_lora(module):
+        return [p for name, p in module.named_parameters() if ".lora_" in name]
+    return list(module.parameters())
+
+
+def _set_requires_grad(parameters: list[nn.Parameter], flag: bool) -> None:
+    for parameter in parameters:
+        parameter.requires_grad_(flag)
+
+
+def checkpointable_blocks(network: nn.Module) -> list[nn.Module]:
+    """The blocks a network names for gradient checkpointing (its ``checkpointable_blocks()`` method)."""
+    if not hasattr(network, "checkpointable_blocks"):
+        raise TypeError(f"gradient checkpointing needs the network to name its blocks; {type(network).__name__} "
+                        "has no checkpointable_blocks() method")
+    return network.checkpointable_blocks()
 
 
 def _module_or_none(net: Any) -> nn.Module | None:
@@ -198,8 +249,10 @@ class Distiller:
         uncond: Any = None,
         rank: int = 0,
         world_size: int = 1,
+        fsdp: bool = False,
     ):
-        """``rank`` / ``world_size``: data parallelism; ``config.batch_size`` is then the batch of each process."""
+        """``rank`` / ``world_size``: data parallelism; ``config.batch_size`` is then the batch of each process.
+        ``fsdp``: shard generator and fake score across the processes (FSDP) instead of replicating them (DDP)."""
         if (generator is None or fake_score is None) and not isinstance(teacher, nn.Module):
             raise TypeError("a teacher that is not an nn.Module cannot be copied: pass generator and fake_score")
         lsg = config.lsg_scales()
@@ -211,19 +264,34 @@ class Distiller:
         self.teacher = teacher
         if isinstance(teacher, nn.Module):
             teacher.eval().requires_grad_(False)
-        self.generator.train().requires_grad_(True)
-        self.fake_score.train().requires_grad_(True)
-
+        if config.lora_rank:
+            for network in (self.generator, self.fake_score):
+                add_lora_adapters(network, config.lora_rank)
         reference = next(self.generator.parameters())
         self.device, self.dtype = reference.device, reference.dtype
-        adam = dict(betas=config.adam_betas, eps=config.adam_eps)
-        self.opt_generator = torch.optim.Adam(self.generator.parameters(), lr=config.lr_generator, **adam)
-        self.opt_fake_score = torch.optim.Adam(self.fake_score.parameters(), lr=config.lr_fake_score, **adam)
         self.ema = EMA(self.generator, config.ema_halflife_kimg, config.ema_rampup_ratio, config.ema_beta)
+        if config.gradient_checkpointing:
+            for network in (self.generator, self.fake_score):
+                checkpoint_blocks(network, checkpointable_blocks(network))
+        self.sharded = fsdp and world_size > 1
+        if self.sharded:  # before the optimizers: sharding replaces the parameters
+            for network in (self.generator, self.fake_score):
+                shard_network(network)
+
+        self.generator_parameters = _trainable_parameters(self.generator)
+        self.fake_score_parameters = _trainable_parameters(self.fake_score)
+        self.generator.train()
+        self.fake_score.train()
+        _set_requires_grad(self.generator_parameters + self.fake_score_parameters, True)
+        adam_settings = dict(betas=config.adam_betas, eps=config.adam_eps, fused=config.fused_adamw)
+        self.opt_generator = adam(self.generator_parameters, config.lr_generator, **adam_settings)
+        self.opt_fake_score = adam(self.fake_score_parameters, config.lr_fake_score, **adam_settings)
         self.rank, self.world_size = rank, world_size
-        self.global_batch = config.batch_size * world_size
-        self.trained_generator = _data_parallel(self.generator, world_size)
-        self.trained_fake_score = _data_parallel(self.fake_score, world_size)
+        self.local_batch = config.batch_size * config.grad_accumulation
+        self.global_batch = self.local_batch * world_size
+        replicated = world_size if not self.sharded else 1
+        self.trained_generator = _data_parallel(self.generator, replicated)
+        self.trained_fake_score = _data_parallel(self.fake_score, replicated)
 
         self.noise = config.noise_levels()
         self.lsg = lsg
@@ -282,7 +350,7 @@ class Distiller:
 
     def fake_score_step(self) -> tuple[float, int]:
         """Train D_psi on sg(G(z)) at sigma ~ the fake-score law (guided by k1 under LSG); (loss, kept)."""
-        batch, draws = self.config.batch_size, self.global_batch
+        draws = self.global_batch
         cond = self._sample_cond(draws)
         z = self._randn((draws, *self.config.sample_shape))
         sigma = self.noise.fake_score_sigmas(draws, self.rng, self.device).to(self.dtype)
@@ -291,65 +359,90 @@ class Distiller:
         train_cond = cond
         if k1 != 1.0 and self.uncond is not None:
             train_cond = drop_prompts(cond, self.uncond, self.lsg.prompt_dropout, self.rng)
-        cond, z, sigma, noise, train_cond = self._local(cond, z, sigma, noise, train_cond)
 
         self.generator.eval()
-        with torch.no_grad():
-            x_g = self._generate(self.generator, z, cond)
-        sigma_b = append_dims(sigma, x_g.ndim)
-        x_t = x_g + sigma_b * noise
-        self.fake_score.train().requires_grad_(True)
-        denoised = guided_denoise(self.trained_fake_score, x_t, sigma_b, train_cond, self.uncond, k1)
-        per_sample = self._fake_score_loss(denoised, x_g, x_t, noise, sigma)
-        keep = _finite_rows(x_g, denoised) & per_sample.detach().isfinite()
-        loss = per_sample[keep].sum() / batch
-        kept = self._all_ranks_sum(int(keep.sum()))
-        self._update(self.fake_score, self.opt_fake_score, loss, kept)
-        self.fake_score.eval().requires_grad_(False)
-        return self._mean_over_ranks(loss.item()) if kept else math.nan, kept
+        self.fake_score.train()
+        _set_requires_grad(self.fake_score_parameters, True)
+        self.opt_fake_score.zero_grad(set_to_none=True)
+        total, kept = 0.0, 0
+        micro_batches = self._micro_batches(cond, z, sigma, noise, train_cond)
+        for last, (cond, z, sigma, noise, train_cond) in micro_batches:
+            with torch.no_grad():
+                x_g = self._generate(self.generator, z, cond)
+            sigma_b = append_dims(sigma, x_g.ndim)
+            x_t = x_g + sigma_b * noise
+            with _gradient_sync(self.trained_fake_score, last):
+                denoised = guided_denoise(self.trained_fake_score, x_t, sigma_b, train_cond, self.uncond, k1)
+                per_sample = self._fake_score_loss(denoised, x_g, x_t, noise, sigma)
+                keep = _finite_rows(x_g, denoised) & per_sample.detach().isfinite()
+                loss = per_sample[keep].sum() / self.local_batch
+                loss.backward()
+            total += loss.item()
+            kept += int(keep.sum())
+        kept = self._all_ranks_sum(kept)
+        self._step(self.fake_score, self.opt_fake_score, kept)
+        self.fake_score.eval()
+        _set_requires_grad(self.fake_score_parameters, False)
+        return self._mean_over_ranks(total) if kept else math.nan, kept
 
     def generator_step(self) -> tuple[float, int]:
         """Update G with the method's loss; gradient flows through x_g and x_t into both score nets' inputs."""
-        batch, draws = self.config.batch_size, self.global_batch
+        draws = self.global_batch
         cond = self._sample_cond(draws)
         z = self._randn((draws, *self.config.sample_shape))
         sigma = self.noise.generator_sigmas(draws, self.rng, self.device).to(self.dtype)
         noise = self._randn((draws, *self.config.sample_shape))
-        cond, z, sigma, noise = self._local(cond, z, sigma, noise)
 
-        self.generator.train().requires_grad_(True)
-        self.fake_score.eval().requires_grad_(False)
-        x_g = self._generate(self.trained_generator, z, cond)
-        sigma_b = append_dims(sigma, x_g.ndim)
-        x_t = x_g + sigma_b * noise
-        y_real = guided_denoise(self.teacher, x_t, sigma_b, cond, self.uncond, self.lsg.eval_real)
-        y_fake = guided_denoise(self.fake_score, x_t, sigma_b, cond, self.uncond, self.lsg.eval_fake)
-
-        keep = _finite_rows(x_g, y_real, y_fake)
-        per_sample = self._generator_loss(y_real[keep], y_fake[keep], x_g[keep], sigma[keep])
-        finite = per_sample.detach().isfinite()
-        loss = per_sample[finite].sum() / batch
-        kept = self._all_ranks_sum(int(finite.sum()))
-        self._update(self.generator, self.opt_generator, loss, kept)
+        self.generator.train()
+        _set_requires_grad(self.generator_parameters, True)
+        self.fake_score.eval()
+        _set_requires_grad(self.fake_score_parameters, False)
+        self.opt_generator.zero_grad(set_to_none=True)
+        total, kept = 0.0, 0
+        micro_batches = self._micro_batches(cond, z, sigma, noise)
+        for last, (cond, z, sigma, noise) in micro_batches:
+            with _gradient_sync(self.trained_generator, last):
+                x_g = self._generate(self.trained_generator, z, cond)
+                sigma_b = append_dims(sigma, x_g.ndim)
+                x_t = x_g + sigma_b * noise
+                y_real = guided_denoise(self.teacher, x_t, sigma_b, cond, self.uncond, self.lsg.eval_real)
+                y_fake = guided_denoise(self.fake_score, x_t, sigma_b, cond, self.uncond, self.lsg.eval_fake)
+                keep = _finite_rows(x_g, y_real, y_fake)
+                per_sample = self._generator_loss(y_real[keep], y_fake[keep], x_g[keep], sigma[keep])
+                finite = per_sample.detach().isfinite()
+                loss = per_sample[finite].sum() / self.local_batch
+                loss.backward()
+            total += loss.item()
+            kept += int(finite.sum())
+        kept = self._all_ranks_sum(kept)
+        self._step(self.generator, self.opt_generator, kept)
         self.ema.update(self.generator, draws, self.cur_nimg)
-        return self._mean_over_ranks(loss.item()) if kept else math.nan, kept
+        return self._mean_over_ranks(total) if kept else math.nan, kept
 
-    def _update(self, module: nn.Module, optimizer: torch.optim.Optimizer, loss: Tensor, kept: int) -> None:
-        """Backward and step, unless no rank kept a finite sample (every rank takes the same branch)."""
-        optimizer.zero_grad(set_to_none=True)
+    def _step(self, module: nn.Module, optimizer: torch.optim.Optimizer, kept: int) -> None:
+        """Optimizer step on the accumulated gradients, unless no rank kept a finite sample (all ranks agree)."""
         if kept:
-            loss.backward()
             _sanitize_grads(module)
             optimizer.step()
 
     # --- data parallelism: every rank draws the whole batch from the same RNG and keeps its slice ----------
 
-    def _local(self, *tensors):
-        """This rank's slice of globally drawn tensors (the whole of them when there is one process)."""
-        if self.world_size == 1:
-            return tensors
+    def _micro_batches(self, *values) -> list[tuple[bool, tuple]]:
+        """(last, micro-batch) pairs: this rank's slice of the global draws, cut into grad_accumulation pieces."""
+        values = self._local(*values)
+        pieces = self.config.grad_accumulation
+        if pieces == 1:
+            return [(True, values)]
         batch = self.config.batch_size
-        return tuple(t[self.rank * batch:(self.rank + 1) * batch] if t is not None else None for t in tensors)
+        return [(i == pieces - 1, tuple(slice_rows(v, i * batch, (i + 1) * batch) for v in values))
+                for i in range(pieces)]
+
+    def _local(self, *values):
+        """This rank's slice of globally drawn tensors or conditions (all of them when there is one process)."""
+        if self.world_size == 1:
+            return values
+        batch = self.local_batch
+        return tuple(slice_rows(v, self.rank * batch, (self.rank + 1) * batch) for v in values)
 
     def _all_ranks_sum(self, count: int) -> int:
         if self.world_size == 1:
@@ -424,16 +517,18 @@ class Distiller:
         return network_signature({name: net for name, net in nets.items() if net is not None})
 
     def save(self, run_dir: Path) -> Path:
-        """Write a checkpoint of the whole run state into ``run_dir`` (atomically)."""
+        """Write a checkpoint of the whole run state into ``run_dir`` (atomically; rank 0 writes, all ranks call)."""
+        weights = {"generator": full_state_dict(self.generator), "fake_score": full_state_dict(self.fake_score),
+                   "generator_ema": self.ema.state_dict()}
+        optimizers = {"generator": full_optimizer_state(self.opt_generator),
+                      "fake_score": full_optimizer_state(self.opt_fake_score)}
+        if self.rank != 0:
+            return Path(run_dir)
         return save_checkpoint(
             run_dir,
             self.step,
-            weights={
-                "generator": self.generator.state_dict(),
-                "fake_score": self.fake_score.state_dict(),
-                "generator_ema": self.ema.state_dict(),
-            },
-            optimizers={"generator": self.opt_generator.state_dict(), "fake_score": self.opt_fake_score.state_dict()},
+            weights=weights,
+            optimizers=optimizers,
             config=self.config.to_dict(),
             signature=self.network_signature(),
             generators={"noise": self.rng},
@@ -452,11 +547,11 @@ class Distiller:
         if folder is None:
             raise CheckpointError(f"no checkpoint found in {path}")
         loaded = load_checkpoint(folder, self.config.to_dict(), self.network_signature(), DistillConfig.RESUMABLE)
-        self.generator.load_state_dict(loaded.weights["generator"])
-        self.fake_score.load_state_dict(loaded.weights["fake_score"])
+        load_full_state_dict(self.generator, loaded.weights["generator"])
+        load_full_state_dict(self.fake_score, loaded.weights["fake_score"])
         self.ema.load_state_dict(loaded.weights["generator_ema"])
-        self.opt_generator.load_state_dict(loaded.optimizers["generator"])
-        self.opt_fake_score.load_state_dict(loaded.optimizers["fake_score"])
+        load_full_optimizer_state(self.opt_generator, loaded.optimizers["generator"])
+        load_full_optimizer_state(self.opt_fake_score, loaded.optimizers["fake_score"])
         loaded.restore_rng({"noise": self.rng})
         self.step = loaded.step
         self.cur_nimg = loaded.extra["cur_nimg"]

@@ -18,7 +18,10 @@ import torch
 from comfy_api.latest import io
 
 from ..distill.checkpoint import latest_checkpoint
+from ..distill.conditions import condition_rows, condition_to, expand_rows, map_condition, take_rows
 from ..distill.job import write_job
+from ..distill.lora import has_lora, merged_copy
+from ..distill.memory import tensor_bytes, training_memory_bytes
 from ..distill.networks import EDMDenoiser
 from ..distill.one_step import SIGMA_INIT_EDM, TIMESTEP_INIT_SID_LSG
 from ..distill.student_file import StudentInfo
@@ -39,39 +42,88 @@ class TrainerInputError(ValueError):
 
 @dataclass
 class PromptSet:
-    """Conditions to distill on: class labels [N] or text embeddings [N, tokens, dim], and the unconditional one."""
+    """Conditions to distill on: class labels [N] or text embeddings [N, tokens, dim], and the unconditional one.
 
-    conds: torch.Tensor
-    uncond: torch.Tensor | None  # for labels the trainer fills in the teacher's null class
+    Text prompts keep CLIP's pooled outputs [N, dim] too; for SDXL-style teachers the trainer turns them into
+    model conditions: ``conds`` and ``uncond`` become dicts of ``c_crossattn`` and ``y`` (pooled text + sizes).
+    """
+
+    conds: torch.Tensor | dict
+    uncond: torch.Tensor | dict | None  # for labels the trainer fills in the teacher's null class
     kind: str  # "labels" | "text"
+    pooled: torch.Tensor | None = None
+    uncond_pooled: torch.Tensor | None = None
 
     @property
     def condition_key(self) -> str:
         return "y" if self.kind == "labels" else "c_crossattn"
 
     def sampler(self, device: torch.device):
-        conds = self.conds.to(device)
+        conds = condition_to(self.conds, device)
+        rows = condition_rows(conds)
 
-        def draw(count: int, generator: torch.Generator) -> torch.Tensor:
-            return conds[torch.randint(len(conds), (count,), generator=generator, device=generator.device).to(device)]
+        def draw(count: int, generator: torch.Generator):
+            index = torch.randint(rows, (count,), generator=generator, device=generator.device).to(device)
+            return take_rows(conds, index)
 
         return draw
 
 
 class ComfyDenoiser(torch.nn.Module):
-    """D(x, sigma, cond) -> x0 through a ComfyUI BaseModel, which applies its own input scaling and parametrisation."""
+    """D(x, sigma, cond) -> x0 through a ComfyUI BaseModel, which applies its own input scaling and parametrisation.
+
+    ``cond`` is one tensor (passed as ``condition_key``) or a dict of apply_model's inputs (SDXL: c_crossattn, y).
+    """
 
     def __init__(self, base_model: torch.nn.Module, condition_key: str):
         super().__init__()
         self.base_model = base_model
         self.condition_key = condition_key
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | dict | None) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype).reshape(-1).expand(x.shape[0])
-        if cond is not None and cond.shape[0] == 1 < x.shape[0]:
-            cond = cond.expand(x.shape[0], *cond.shape[1:])  # the unconditional input, shared by the batch
-        conditions = {} if cond is None else {self.condition_key: cond}
+        conditions = {} if cond is None else cond if isinstance(cond, dict) else {self.condition_key: cond}
+        conditions = expand_rows(conditions, x.shape[0])  # the unconditional input is one row, shared by the batch
         return self.base_model.apply_model(x, sigma, **conditions)
+
+    def checkpointable_blocks(self) -> list[torch.nn.Module]:
+        """The layers inside the UNet's input, middle and output blocks (ResBlocks, transformers, resamplers)."""
+        unet = self.base_model.diffusion_model
+        if not hasattr(unet, "input_blocks"):
+            raise TrainerInputError(f"{NODE}: gradient checkpointing supports UNet teachers; "
+                                    f"{type(unet).__name__} has no input/middle/output blocks.")
+        blocks = (*unet.input_blocks, unet.middle_block, *unet.output_blocks)
+        return [layer for block in blocks for layer in block if any(True for _ in layer.parameters())]
+
+
+def sdxl_conditions(base_model, prompts: PromptSet, width: int, height: int) -> PromptSet:
+    """Prompts as an SDXL-style model takes them: c_crossattn plus y = encode_adm(pooled text, sizes, no crop)."""
+    if prompts.pooled is None or prompts.uncond_pooled is None:
+        raise TrainerInputError(f"{NODE}: {type(base_model).__name__} teachers need CLIP's pooled output with the "
+                                "prompts; encode them with OneStep Prompt Source and this teacher's CLIP.")
+    sizes = dict(width=width, height=height, crop_w=0, crop_h=0, target_width=width, target_height=height)
+
+    def adm(pooled: torch.Tensor) -> torch.Tensor:
+        y = base_model.encode_adm(pooled_output=pooled, **sizes)
+        if y is None:
+            raise TrainerInputError(f"{NODE}: {type(base_model).__name__} takes a y vector that is not built from "
+                                    "pooled text and image sizes; supported: SD1.x/2.x, SDXL-style and the pack's "
+                                    "EDM teachers.")
+        return y.to(pooled.dtype)
+
+    conds = {"c_crossattn": prompts.conds, "y": adm(prompts.pooled)}
+    uncond = {"c_crossattn": prompts.uncond, "y": adm(prompts.uncond_pooled)}
+    if conds["y"].shape[-1] != base_model.adm_channels:
+        raise TrainerInputError(f"{NODE}: the prompts' pooled output gives a {conds['y'].shape[-1]}-d y vector but "
+                                f"the teacher expects {base_model.adm_channels}-d; encode them with this teacher's "
+                                "CLIP.")
+    return PromptSet(conds, uncond, "text")
+
+
+def ordinary_tensors(cond):
+    """Copies that autograd may save: tensors made under ComfyUI's inference mode cannot be saved for backward."""
+    with torch.inference_mode(False):
+        return map_condition(torch.clone, cond)
 
 
 def teacher_denoiser(teacher, prompts: PromptSet) -> torch.nn.Module:
@@ -111,10 +163,6 @@ def check_teacher(teacher, prompts: PromptSet) -> tuple[str, float, str, PromptS
             raise TrainerInputError(f"{NODE}: label {int(prompts.conds.max())} is out of range for a teacher with "
                                     f"{num_classes} classes (0..{num_classes - 1}).")
         prompts = PromptSet(prompts.conds, torch.tensor([num_classes]), "labels")
-    if getattr(teacher.model, "adm_channels", 0):
-        raise TrainerInputError(f"{NODE}: {type(teacher.model).__name__} teachers need pooled-text and size "
-                                "conditioning (SDXL-style), which the trainer does not build yet; SD1.x/2.x and the "
-                                "pack's EDM teachers are supported.")
     if prompts.kind == "text":
         if is_pack_model:
             raise TrainerInputError(f"{NODE}: this teacher is class-conditional; use OneStep Prompt Source with "
@@ -132,7 +180,10 @@ def check_teacher(teacher, prompts: PromptSet) -> tuple[str, float, str, PromptS
 
 
 def student_patcher(teacher, generator: torch.nn.Module, info: StudentInfo):
-    """The (EMA) generator as a ComfyUI MODEL that OneStep Generate samples with the stored preset."""
+    """The (EMA) generator as a ComfyUI MODEL that OneStep Generate samples with the stored preset (LoRA merged)."""
+    if has_lora(generator):
+        with torch.inference_mode(False):
+            generator = merged_copy(generator)
     if isinstance(generator, EDMDenoiser):
         student = edm_model_patcher(generator)
     else:
@@ -185,6 +236,19 @@ class OneStepDistillConfig(io.ComfyNode):
                              tooltip="Write a checkpoint every N iterations (0: only at the end and on interrupt)."),
                 io.Int.Input("preview_every", default=25, min=0, max=1_000_000,
                              tooltip="Show EMA samples on fixed noise every N iterations (0: never)."),
+                io.Int.Input("grad_accumulation", default=1, min=1, max=1024, optional=True,
+                             tooltip="Micro-batches of batch_size per optimizer step: the step sees "
+                                     "batch_size x grad_accumulation samples at the memory of one micro-batch."),
+                io.Boolean.Input("gradient_checkpointing", default=False, optional=True,
+                                 tooltip="Recompute the UNet blocks' activations in backward instead of storing "
+                                         "them: much less memory, about a third more time."),
+                io.Boolean.Input("fused_adamw", default=False, optional=True,
+                                 tooltip="Use the fused AdamW kernel (weight decay 0, so the same update as Adam); "
+                                         "falls back to the unfused one where the device has no fused kernel."),
+                io.Int.Input("lora_rank", default=0, min=0, max=1024, optional=True,
+                             tooltip="0: train every weight. > 0: train LoRA adapters of this rank on the "
+                                     "generator's and fake score's linear and conv layers (base weights frozen); "
+                                     "the saved student has them merged in. Needs peft."),
             ],
             outputs=[CONFIG.Output(tooltip="Connect to OneStep Distill Trainer.")],
         )
@@ -228,8 +292,11 @@ class OneStepPromptSource(io.ComfyNode):
                                     "or name a prompt file.")
         if clip is None:
             raise TrainerInputError("OneStep Prompt Source: text prompts need the teacher's CLIP connected.")
-        conds = torch.cat([encode(clip, line) for line in lines])
-        return io.NodeOutput(PromptSet(conds, encode(clip, ""), "text"))
+        encoded = [encode(clip, line) for line in lines]
+        uncond, uncond_pooled = encode(clip, "")
+        conds = torch.cat([cond for cond, _ in encoded])
+        pooled = torch.cat([pooled for _, pooled in encoded]) if uncond_pooled is not None else None
+        return io.NodeOutput(PromptSet(conds, uncond, "text", pooled, uncond_pooled))
 
 
 def parse_labels(text: str) -> torch.Tensor:
@@ -256,8 +323,9 @@ def read_prompt_file(name: str) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def encode(clip, text: str) -> torch.Tensor:
-    return clip.encode_from_tokens(clip.tokenize(text))
+def encode(clip, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Token embeddings [1, tokens, dim] and the pooled output [1, dim] (as CLIPTextEncode keeps it for SDXL)."""
+    return clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
 
 
 def distill_config(settings: dict, view: str, init_sigma: float, sample_shape: tuple, teacher_id: str):
@@ -269,6 +337,9 @@ def distill_config(settings: dict, view: str, init_sigma: float, sample_shape: t
         k_eval_real=settings["k4_eval_real"], sim_c=settings["sim_c"],
         ema_halflife_kimg=settings["ema_halflife_kimg"], seed=settings["seed"],
         checkpoint_every=settings["checkpoint_every"], preview_every=settings["preview_every"],
+        grad_accumulation=settings.get("grad_accumulation", 1),
+        gradient_checkpointing=settings.get("gradient_checkpointing", False),
+        fused_adamw=settings.get("fused_adamw", False), lora_rank=settings.get("lora_rank", 0),
     )
 
 
@@ -302,11 +373,11 @@ class OneStepDistillTrainer(io.ComfyNode):
         run_dir = run_folder(run_name)
         settings, preset, prompts = run_settings(teacher, prompts, config)
         latent_format = teacher.get_model_object("latent_format")
-        comfy.model_management.load_models_gpu([teacher])
+        reserve_training_memory(teacher, settings)
         device = teacher.load_device
         with torch.inference_mode(False), torch.enable_grad():
             distiller = Distiller(teacher_denoiser(teacher, prompts), settings, cond_sampler=prompts.sampler(device),
-                                  uncond=prompts.uncond.to(device))
+                                  uncond=condition_to(prompts.uncond, device))
             start = resume_or_refuse(distiller, run_dir, resume)
             progress = comfy.utils.ProgressBar(settings.steps)
             progress.update_absolute(distiller.step, settings.steps)
@@ -325,16 +396,34 @@ class OneStepDistillTrainer(io.ComfyNode):
                            timestep=TIMESTEP_INIT_SID_LSG if settings.view == "ddpm" else None,
                            method=settings.method, teacher=settings.teacher_id, steps=distiller.step)
         student = student_patcher(teacher, distiller.ema.module, info)
+        del distiller
+        comfy.model_management.soft_empty_cache()
         return io.NodeOutput(student, str(run_dir), training_curve(history, start + 1))
 
 
 def run_settings(teacher, prompts: PromptSet, config: dict) -> tuple[DistillConfig, str, PromptSet]:
     """The DistillConfig of a run (from the config node and the teacher), the student's preset, the prompts."""
     view, init_sigma, preset, prompts = check_teacher(teacher, prompts)
+    if getattr(teacher.model, "adm_channels", 0):
+        prompts = sdxl_conditions(teacher.model, prompts, config["width"], config["height"])
+    prompts = PromptSet(ordinary_tensors(prompts.conds), ordinary_tensors(prompts.uncond), prompts.kind)
     latent_format = teacher.get_model_object("latent_format")
     downscale = getattr(latent_format, "spacial_downscale_ratio", 8)
     sample_shape = (latent_format.latent_channels, config["height"] // downscale, config["width"] // downscale)
     return distill_config(config, view, init_sigma, sample_shape, teacher_fingerprint(teacher.model)), preset, prompts
+
+
+def training_memory(teacher, settings: DistillConfig) -> int:
+    """Bytes the run's copies of the teacher and the optimizer state take (activations aside)."""
+    network = teacher.model.diffusion_model
+    network_bytes = tensor_bytes(network.parameters())
+    return training_memory_bytes(network_bytes, 0 if settings.lora_rank else network_bytes)
+
+
+def reserve_training_memory(teacher, settings: DistillConfig) -> None:
+    """Load the teacher through ComfyUI's model management with room for the copies, so it offloads other models."""
+    comfy.model_management.load_models_gpu([teacher], memory_required=training_memory(teacher, settings),
+                                           force_full_load=True)
 
 
 class OneStepExportTrainingJob(io.ComfyNode):

@@ -354,7 +354,8 @@ def distill_fmnist() -> Workflow:
         [("method", "sid"), ("iterations", 150), ("batch_size", 32), ("lr_generator", 1e-4), ("lr_fake_score", 1e-4),
          ("alpha", 1.2), ("k1_train_fake", 1.0), ("k2_k3_eval_fake", 1.0), ("k4_eval_real", 1.0), ("sim_c", 1e-3),
          ("width", 28), ("height", 28), ("precision", "fp32"), ("ema_halflife_kimg", 0.5), ("seed", 0),
-         ("checkpoint_every", 100), ("preview_every", 20)],
+         ("checkpoint_every", 100), ("preview_every", 20), ("grad_accumulation", 1), ("gradient_checkpointing", False),
+         ("fused_adamw", False), ("lora_rank", 0)],
         [("ONESTEP_DISTILL_CONFIG", "ONESTEP_DISTILL_CONFIG")], 0, 2,
     )
     trainer = w.add(

@@ -41,6 +41,22 @@ TINY_UNET_CONFIG = {
 }
 
 
+TINY_POOLED_DIM = 16
+SDXL_SIZE_EMBEDDING_DIM = 6 * 256  # SDXL.encode_adm: six Timestep(256) embeddings (sizes, crop, target size)
+TINY_SDXL_UNET_CONFIG = {
+    **TINY_UNET_CONFIG,
+    "use_linear_in_transformer": True,
+    "transformer_depth": [0, 1],
+    "transformer_depth_output": [0, 0, 1, 1],
+    "adm_in_channels": TINY_POOLED_DIM + SDXL_SIZE_EMBEDDING_DIM,
+    "num_classes": "sequential",
+}
+TINY_CLIP_TEXT_CONFIG = {"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2, "num_hidden_layers": 3,
+                         "projection_dim": TINY_POOLED_DIM, "vocab_size": 49408, "max_position_embeddings": 77,
+                         "hidden_act": "gelu", "layer_norm_eps": 1e-5, "bos_token_id": 0, "eos_token_id": 49407,
+                         "pad_token_id": 1}
+
+
 def tiny_model_patcher(config_class, unet_config=None, seed: int = 0):
     """A small random-weight model of a ComfyUI family (SD15 by default) wrapped in a ModelPatcher.
 
@@ -61,3 +77,39 @@ def tiny_model_patcher(config_class, unet_config=None, seed: int = 0):
             parameter.normal_(0.0, 0.05)
     device = comfy.model_management.get_torch_device()
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+
+
+def tiny_sdxl_clip(seed: int = 0):
+    """A CLIP with SDXL's two text towers (clip_l and clip_g, real tokenizers) shrunk to 16-d, random weights.
+
+    Its token embeddings are 32-d (16 + 16, as SDXL concatenates its towers) and its pooled output 16-d.
+    """
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.sdxl_clip
+    import torch
+
+    class TinySDXLClipModel(comfy.sdxl_clip.SDXLClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options={}):  # noqa: B006 (ComfyUI's signature)
+            torch.nn.Module.__init__(self)
+            self.clip_l = comfy.sd1_clip.SDClipModel(layer="hidden", layer_idx=-2, device=device, dtype=dtype,
+                                                     layer_norm_hidden_state=False, model_options=model_options,
+                                                     textmodel_json_config=TINY_CLIP_TEXT_CONFIG)
+            self.clip_g = comfy.sd1_clip.SDClipModel(layer="hidden", layer_idx=-2, device=device, dtype=dtype,
+                                                     textmodel_json_config=TINY_CLIP_TEXT_CONFIG,
+                                                     special_tokens={"start": 49406, "end": 49407, "pad": 0},
+                                                     layer_norm_hidden_state=False, return_projected_pooled=True,
+                                                     model_options={**model_options, "model_name": "clip_g"})
+            self.dtypes = {dtype}
+
+    class Target:
+        params = {}
+        clip = TinySDXLClipModel
+        tokenizer = comfy.sdxl_clip.SDXLTokenizer
+
+    torch.manual_seed(seed)
+    clip = comfy.sd.CLIP(target=Target, model_options={"dtype": torch.float32})
+    with torch.no_grad():
+        for parameter in clip.cond_stage_model.parameters():
+            parameter.normal_(0.0, 0.05)
+    return clip

@@ -28,14 +28,15 @@ def pack_on_path(tmp_path):
     return tmp_path / "custom_nodes"
 
 
-def run_job(job_dir: str, processes: int, cwd: Path) -> None:
+def run_job(job_dir: str, processes: int, cwd: Path, *options: str) -> str:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                 "--master_port", "0", "--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:0"]
-    command = launcher + ["-m", "onestep.distill.cli", job_dir] if processes > 1 else \
-        [sys.executable, "-m", "onestep.distill.cli", job_dir]
+    command = launcher + ["-m", "onestep.distill.cli", job_dir, *options] if processes > 1 else \
+        [sys.executable, "-m", "onestep.distill.cli", job_dir, *options]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
 
 
 def losses(job_dir: str) -> list[dict]:
@@ -64,6 +65,47 @@ def test_two_processes_match_one_with_twice_the_batch(pack_teacher, pack_on_path
     assert resumed.model_options[STUDENT_INFO_KEY].steps == 3, "the node continues the job's run, already complete"
     for key, value in weights(student).items():
         assert torch.equal(weights(resumed)[key], value), key
+
+
+def test_sid_lsg_with_a_twice_called_fake_network_and_accumulation_matches_one_process(pack_teacher, pack_on_path):
+    """k1 != 1 calls the DDP-wrapped fake network twice per step (guided); two micro-batches exercise no_sync."""
+    lsg = dict(method="sid-lsg", k1_train_fake=2.0, k4_eval_real=1.5, k2_k3_eval_fake=1.5, **JOB_SETTINGS)
+    two = OneStepExportTrainingJob.execute(pack_teacher, labels(), config(batch_size=1, grad_accumulation=2, **lsg),
+                                           "lsg_two").result[0]
+    one = OneStepExportTrainingJob.execute(pack_teacher, labels(), config(batch_size=4, **lsg), "lsg_one").result[0]
+    run_job(two, 2, pack_on_path)
+    run_job(one, 1, pack_on_path)
+    for a, b in zip(losses(two), losses(one), strict=True):
+        for name in ("fake_score", "generator"):
+            assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-6), (a, b)
+
+
+def test_fsdp_on_two_processes_matches_one_with_twice_the_batch_and_resumes(pack_teacher, pack_on_path):
+    """FSDP2 (fully_shard, gloo on the CPU): same losses as one process; its whole-tensor checkpoints resume under
+    FSDP again and in the trainer node."""
+    sharded = OneStepExportTrainingJob.execute(pack_teacher, labels(), config(batch_size=2, **JOB_SETTINGS),
+                                               "fsdp").result[0]
+    one = OneStepExportTrainingJob.execute(pack_teacher, labels(), config(batch_size=4, **JOB_SETTINGS),
+                                           "fsdp_one").result[0]
+    assert "2 process(es), networks sharded (FSDP), batch 4" in run_job(sharded, 2, pack_on_path, "--fsdp")
+    run_job(one, 1, pack_on_path)
+    for a, b in zip(losses(sharded), losses(one), strict=True):
+        for name in ("fake_score", "generator"):
+            assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-6), (a, b)
+
+    longer = dict(JOB_SETTINGS, iterations=4)
+    OneStepExportTrainingJob.execute(pack_teacher, labels(), config(batch_size=2, **longer), "fsdp")
+    OneStepExportTrainingJob.execute(pack_teacher, labels(), config(batch_size=4, **longer), "fsdp_one")
+    run_job(sharded, 2, pack_on_path, "--fsdp")  # resumes the step-3 checkpoint, sharding it again
+    run_job(one, 1, pack_on_path)
+    a, b = losses(sharded)[-1], losses(one)[-1]
+    assert a["step"] == b["step"] == 4
+    assert a["generator"] == pytest.approx(b["generator"], rel=1e-4, abs=1e-6), (a, b)
+    assert a["fake_score"] == pytest.approx(b["fake_score"], rel=1e-4, abs=1e-6), (a, b)
+
+    resumed, _, _ = OneStepDistillTrainer.execute(pack_teacher, labels(), config(batch_size=2, **longer), "fsdp",
+                                                  True).result
+    assert resumed.model_options[STUDENT_INFO_KEY].steps == 4
 
 
 def test_only_pack_teachers_export(tiny_sd15):

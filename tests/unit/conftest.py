@@ -1,11 +1,4 @@
-import pytest
-import torch
+import sys
+from pathlib import Path
 
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Small tensors run fastest on one thread (and do not stall on a busy CPU); restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # training_helpers

@@ -1,0 +1,49 @@
+"""Memory options of the trainer: gradient checkpointing, the (fused) Adam optimiser, and what a run needs."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def checkpointed_forward(block: nn.Module, *args, **kwargs):
+    """The block's own forward under non-reentrant activation checkpointing."""
+    return checkpoint(type(block).forward, block, *args, use_reentrant=False, **kwargs)
+
+
+def checkpoint_blocks(module: nn.Module, blocks: Iterable[nn.Module]) -> nn.Module:
+    """Recompute each block's activations in backward instead of storing them (torch.utils.checkpoint)."""
+    members = {id(m) for m in module.modules()}
+    for block in blocks:
+        if id(block) not in members:
+            raise ValueError(f"{type(block).__name__} is not a submodule of {type(module).__name__}")
+        # an instance attribute shadows the class's forward for this block only; state_dict keys stay the same
+        block.forward = functools.partial(checkpointed_forward, block)
+    return module
+
+
+def adam(params: Iterable[nn.Parameter], lr: float, betas: tuple, eps: float, fused: bool) -> torch.optim.Optimizer:
+    """Adam(betas, eps); fused: the fused AdamW kernel with weight decay 0 (the same update), else unfused AdamW."""
+    params = list(params)
+    if not fused:
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)
+    try:
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=0.0, fused=True)
+    except (RuntimeError, ValueError) as error:
+        logging.getLogger(__name__).warning("fused AdamW is not supported here (%s); using the unfused AdamW", error)
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=0.0)
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def training_memory_bytes(network_bytes: int, trainable_bytes: int) -> int:
+    """Bytes of a run's copies, activations aside: teacher, generator, fake score and EMA (4 networks), and for the
+    trainable weights of generator and fake score a gradient and Adam's two moments each (6 x trainable)."""
+    return 4 * network_bytes + 6 * trainable_bytes

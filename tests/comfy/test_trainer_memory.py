@@ -1,0 +1,74 @@
+"""The trainer's memory options on ComfyUI UNets: LoRA students saved merged, gradient checkpointing of the UNet's
+blocks, and the copies announced to ComfyUI's model management."""
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+import pytest
+import torch
+from onestep.distill.memory import checkpoint_blocks
+from onestep.nodes.distill_trainer import ComfyDenoiser, PromptSet, trainable_copy
+from onestep.nodes.students import OneStepSaveStudent
+from trainer_helpers import train, weights
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread is fastest on a busy CPU
+
+TEXT = dict(method="sid", alpha=1.0, iterations=2, width=32, height=32, batch_size=2, checkpoint_every=0,
+            preview_every=0)
+
+
+def text_prompts():
+    torch.manual_seed(1)
+    return PromptSet(torch.randn(3, 7, 32), torch.zeros(1, 7, 32), "text")
+
+
+def test_lora_student_is_saved_merged_as_plain_unet_weights(tiny_sd15, tmp_path):
+    student = train(tiny_sd15, text_prompts(), run_name="lora", lora_rank=2, **TEXT)[0]
+    folder_paths.add_model_folder_path("diffusion_models", str(tmp_path / "unets"), is_default=True)
+    path = OneStepSaveStudent.execute(student, "lora_student").result[0]
+    saved = comfy.utils.load_torch_file(path, safe_load=True)
+    assert saved.keys() == tiny_sd15.model.diffusion_model.state_dict().keys()
+    assert any(not torch.equal(saved[k], v) for k, v in weights(tiny_sd15).items()), "the adapters learned"
+
+    reloaded = trainable_copy(tiny_sd15.model)
+    reloaded.diffusion_model.load_state_dict(saved)
+    x, sigma, context = torch.randn(2, 4, 4, 4), torch.tensor([1.0, 2.5]), torch.randn(2, 7, 32)
+    with torch.no_grad():
+        expected = student.model.apply_model(x, sigma, c_crossattn=context)
+        torch.testing.assert_close(reloaded.apply_model(x, sigma, c_crossattn=context), expected)
+
+
+def test_gradient_checkpointing_of_a_comfy_unet_keeps_loss_and_gradients(tiny_sd15):
+    plain = trainable_copy(ComfyDenoiser(tiny_sd15.model, "c_crossattn"))
+    checkpointed = trainable_copy(ComfyDenoiser(tiny_sd15.model, "c_crossattn"))
+    blocks = checkpointed.checkpointable_blocks()
+    unet = checkpointed.base_model.diffusion_model
+    assert len(blocks) == sum(len(block) for block in (*unet.input_blocks, unet.middle_block, *unet.output_blocks))
+    checkpoint_blocks(checkpointed, blocks)
+    x, sigma, context = torch.randn(2, 4, 4, 4), torch.tensor([0.5, 3.0]), torch.randn(2, 7, 32)
+    losses = []
+    for network in (plain, checkpointed):
+        loss = network(x, sigma, context).square().sum()
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("lora_rank", [0, 2])
+def test_the_teacher_is_loaded_with_room_for_the_copies_and_optimizer(tiny_sd15, monkeypatch, lora_rank):
+    calls = []
+    real_load = comfy.model_management.load_models_gpu
+
+    def recording_load(models, *args, **kwargs):
+        calls.append((models, kwargs))
+        return real_load(models, *args, **kwargs)
+
+    monkeypatch.setattr(comfy.model_management, "load_models_gpu", recording_load)
+    train(tiny_sd15, text_prompts(), run_name=f"memory{lora_rank}", lora_rank=lora_rank, gradient_checkpointing=True,
+          **TEXT)
+    unet_bytes = sum(p.numel() * p.element_size() for p in tiny_sd15.model.diffusion_model.parameters())
+    # teacher, generator, fake score, EMA; plus gradient and two Adam moments of both students' weights
+    expected = 4 * unet_bytes + (0 if lora_rank else 6 * unet_bytes)
+    assert calls == [([tiny_sd15], {"memory_required": expected, "force_full_load": True})]
