@@ -29,11 +29,13 @@ def time_call(function, device: torch.device) -> float:
 
 
 def interleaved_medians(functions: dict, repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of each function, run in turn (A B C A B C ...) so drift hits all alike."""
+    """Median seconds of each function, run in turn with the order reversed every other round (A B C, C B A, ...)
+    so that drift and whatever the first call of a round pays (allocator, caches) hit all alike."""
     samples = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            samples[name].append(time_call(function, device))
+    for round_index in range(repeats):
+        names = list(functions) if round_index % 2 == 0 else list(reversed(functions))
+        for name in names:
+            samples[name].append(time_call(functions[name], device))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

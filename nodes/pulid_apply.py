@@ -11,6 +11,7 @@ the pack's student metadata) they are fractions of the student's own steps: step
 single step of a one-step student is at 0, and PuLID acts on it when start is 0 and end is above 0.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import comfy.ldm.modules.attention
@@ -104,15 +105,15 @@ def per_sample(cond: torch.Tensor, uncond: torch.Tensor, options: dict, batch: i
 
 
 class DeviceCache:
-    """Tensors moved to a device and dtype once per (name, device, dtype) and reused at every step."""
+    """Tensors made once per (name, device, dtype), moved to that device and dtype, and reused at every step."""
 
     def __init__(self):
         self.entries = {}
 
-    def get(self, name, tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    def get(self, name, like: torch.Tensor, make: Callable[[], torch.Tensor]) -> torch.Tensor:
         key = (name, like.device, like.dtype)
         if key not in self.entries:
-            self.entries[key] = tensor.to(like.device, like.dtype)
+            self.entries[key] = make().to(like.device, like.dtype)
         return self.entries[key]
 
 
@@ -129,8 +130,8 @@ class SdxlFace:
     cache: DeviceCache = field(default_factory=DeviceCache)
 
     def id_keys_values(self, slot: int, q: torch.Tensor, options: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        k_cond, k_uncond = (self.cache.get((slot, "k", i), t, q) for i, t in enumerate(self.keys[slot]))
-        v_cond, v_uncond = (self.cache.get((slot, "v", i), t, q) for i, t in enumerate(self.values[slot]))
+        k_cond, k_uncond = (self.cache.get((slot, "k", i), q, lambda t=t: t) for i, t in enumerate(self.keys[slot]))
+        v_cond, v_uncond = (self.cache.get((slot, "v", i), q, lambda t=t: t) for i, t in enumerate(self.values[slot]))
         batch = q.shape[0]
         return per_sample(k_cond, k_uncond, options, batch, NODE), per_sample(v_cond, v_uncond, options, batch, NODE)
 
@@ -141,10 +142,7 @@ class SdxlFace:
             return None
         latent_hw = tuple(options["original_shape"][-2:])
         grid = sdxl_token_grid(latent_hw, q.shape[1])
-        key = ("mask", grid)
-        if (key, q.device, q.dtype) not in self.cache.entries:
-            self.cache.get(key, mask_tokens(self.mask, grid, latent_hw, NODE), q)
-        tokens = self.cache.entries[(key, q.device, q.dtype)]
+        tokens = self.cache.get(("mask", grid), q, lambda: mask_tokens(self.mask, grid, latent_hw, NODE))
         return per_sample(tokens, tokens, options, q.shape[0], NODE)
 
 
@@ -358,7 +356,8 @@ class FluxFace:
 
         cross_attention = self.cross_attentions[ca_index]
         parameter = next(cross_attention.parameters())
-        cond, uncond = (self.cache.get(which, getattr(self, which), parameter) for which in ("cond", "uncond"))
+        cond, uncond = (self.cache.get(name, parameter, lambda t=t: t) for name, t in (("cond", self.cond),
+                                                                                        ("uncond", self.uncond)))
         tokens = per_sample(cond, uncond, options, img.shape[0], FLUX_NODE)
         delta = flux_contribution(cross_attention, tokens, img.to(parameter.dtype), self.weight).to(img.dtype)
         return delta, self.token_mask(img, options)
@@ -367,10 +366,8 @@ class FluxFace:
         if self.mask is None:
             return None
         grid = flux_grid(img.shape[1], self.mask.shape[-2:])
-        key = ("mask", grid)
-        if (key, img.device, img.dtype) not in self.cache.entries:
-            self.cache.get(key, mask_tokens(self.mask, grid, (2 * grid[0], 2 * grid[1]), FLUX_NODE), img)
-        tokens = self.cache.entries[(key, img.device, img.dtype)]
+        latent_hw = (2 * grid[0], 2 * grid[1])
+        tokens = self.cache.get(("mask", grid), img, lambda: mask_tokens(self.mask, grid, latent_hw, FLUX_NODE))
         return per_sample(tokens, tokens, options, img.shape[0], FLUX_NODE)
 
 
