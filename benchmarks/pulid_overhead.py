@@ -16,7 +16,6 @@ available offline; SFace's 128-d embedding is repeated to the 512-d PuLID's enco
 import argparse
 import shlex
 import sys
-from importlib.util import find_spec
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
@@ -35,7 +34,6 @@ SDXL_UNET_CONFIG = {
     "use_temporal_attention": False, "use_temporal_resblock": False, "num_heads": -1, "num_head_channels": 64,
 }
 SMALL_WIDTH = 64  # the CPU model: SDXL's blocks and 70 cross-attentions at 1/5 of the width
-ASTRONAUT = Path(find_spec("skimage").origin).parent / "data" / "astronaut.png"
 
 
 def parse_args() -> argparse.Namespace:
@@ -98,17 +96,13 @@ def embed_seconds(device) -> float:
     """PuLID Embed Face on the astronaut photo, full-size EVA-CLIP and IDFormer (one warm-up, then one timed)."""
     import numpy as np
     import torch
+    from face_test_assets import ASTRONAUT, SFaceAs512
     from onestep.nodes.pulid_embed import PuLIDEmbedFace
     from onestep.nodes.pulid_loaders import PulidModel
     from onestep.pulid.encoders import IDFormer
     from onestep.pulid.eva_clip import build_eva02_clip_l14_336
-    from onestep.pulid.face_analysis import YuNetSFaceAnalyzer
     from onestep.pulid.weights import Layout, PuLIDSDXL
     from PIL import Image
-
-    class SFaceAs512(YuNetSFaceAnalyzer):
-        def embed(self, image, face):
-            return np.tile(super().embed(image, face), 4)
 
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     eva = build_eva02_clip_l14_336().to(device, dtype)

@@ -204,12 +204,21 @@ def check_sdxl_model(model, pulid: PulidModel) -> None:
             )
 
 
-def check_embedding(embedding: PulidEmbedding, pulid: PulidModel, node: str) -> None:
+def check_inputs(pulid: PulidModel, embedding: PulidEmbedding, gallery, base: str, node: str) -> None:
+    """PuLID weights for ``base``, an embedding made with the same weights, and no protected identity."""
+    from ..pulid.weights import PulidWeightsError, expect_base
+
+    other_node = {"sdxl": FLUX_NODE, "flux": NODE}[base]
+    try:
+        expect_base(pulid.layout, base)
+    except PulidWeightsError as error:
+        raise PulidApplyError(f"{node}: {error} (for {pulid.layout.base.upper()} use {other_node})") from error
     if embedding.base != pulid.layout.base:
         raise PulidApplyError(
             f"{node}: the embedding was made with PuLID {embedding.base.upper()} weights but {pulid.name} is for "
             f"{pulid.layout.base.upper()}: embed the face with the same PuLID model you apply."
         )
+    refuse_protected_identities(embedding, gallery, node)
 
 
 def projected(tokens: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
@@ -321,14 +330,8 @@ class ApplyPuLID(io.ComfyNode):
     def execute(cls, model, pulid: PulidModel, embedding: PulidEmbedding, weight, start_at, end_at, preset,
                 projection, num_zero_tokens, attn_mask=None, protected_identities=None) -> io.NodeOutput:
         from ..pulid.injection import PRESETS
-        from ..pulid.weights import PulidWeightsError, expect_base
 
-        try:
-            expect_base(pulid.layout, "sdxl")
-        except PulidWeightsError as error:
-            raise PulidApplyError(f"{NODE}: {error} (for FLUX use Apply PuLID FLUX)") from error
-        check_embedding(embedding, pulid, NODE)
-        refuse_protected_identities(embedding, protected_identities, NODE)
+        check_inputs(pulid, embedding, protected_identities, "sdxl", NODE)
         check_sdxl_model(model, pulid)
         if preset != "custom":
             chosen = PRESETS[preset]
@@ -462,14 +465,7 @@ class ApplyPuLIDFlux(io.ComfyNode):
     @classmethod
     def execute(cls, model, pulid: PulidModel, embedding: PulidEmbedding, weight, start_at, end_at,
                 attn_mask=None, protected_identities=None) -> io.NodeOutput:
-        from ..pulid.weights import PulidWeightsError, expect_base
-
-        try:
-            expect_base(pulid.layout, "flux")
-        except PulidWeightsError as error:
-            raise PulidApplyError(f"{FLUX_NODE}: {error} (for SDXL use Apply PuLID)") from error
-        check_embedding(embedding, pulid, FLUX_NODE)
-        refuse_protected_identities(embedding, protected_identities, FLUX_NODE)
+        check_inputs(pulid, embedding, protected_identities, "flux", FLUX_NODE)
         indices = check_flux_model(model, pulid)
         window = step_window(model, start_at, end_at, FLUX_NODE)
         face = FluxFace(embedding.cond, embedding.uncond, pulid.module.pulid_ca, weight, window,

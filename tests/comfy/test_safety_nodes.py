@@ -7,6 +7,7 @@ import folder_paths
 import numpy as np
 import pytest
 import torch
+from face_test_assets import real_photos, write_synthetic_genderage
 from onestep.nodes.safety import (
     BUILTIN,
     YUNET,
@@ -17,7 +18,6 @@ from onestep.nodes.safety import (
 )
 from onestep.safety.identity import IdentityGallery, save_gallery
 from PIL import Image
-from safety_photos import real_photos, write_synthetic_genderage
 
 
 def audit_inputs(teacher, student, **overrides):
@@ -32,7 +32,7 @@ def audit_inputs(teacher, student, **overrides):
 
 @pytest.fixture
 def insightface_folder(tmp_path):
-    """An 'insightface' model path whose pack holds only the SYNTHETIC genderage model (see safety_photos)."""
+    """An 'insightface' model path whose pack holds only the SYNTHETIC genderage model (see face_test_assets)."""
     previous = folder_paths.folder_names_and_paths.get("insightface")
     (tmp_path / "insightface" / "models" / "synthetic").mkdir(parents=True)
     write_synthetic_genderage(tmp_path / "insightface" / "models" / "synthetic" / "genderage.onnx")

@@ -5,12 +5,11 @@ PuLID's encoders need a 512-d ArcFace embedding (antelopev2's glintr100, not shi
 pipeline tests use SFace's real 128-d embedding repeated 4 times in its place.
 """
 
-from importlib.util import find_spec
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from face_test_assets import ASTRONAUT, INSIGHTFACE_IMAGES, SFaceAs512, photo
 from onestep.pulid.embedding import face_condition, id_tokens, uncond_tokens
 from onestep.pulid.encoders import IDEncoder, IDFormer
 from onestep.pulid.eva_clip import build_eva02_clip_l14_336
@@ -26,18 +25,6 @@ from onestep.pulid.face_crop import (
     resize_long_edge,
     whitened_region,
 )
-from PIL import Image
-
-IMAGES = Path(find_spec("insightface").origin).parent / "data" / "images"
-ASTRONAUT = Path(find_spec("skimage").origin).parent / "data" / "astronaut.png"
-
-
-class SFaceAs512(YuNetSFaceAnalyzer):
-    """YuNet + SFace, the 128-d SFace embedding repeated to the 512 dimensions PuLID's encoders take."""
-
-    def embed(self, image, face):
-        return np.tile(super().embed(image, face), 4)
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,7 +42,7 @@ def eva():
 
 @pytest.fixture(scope="module")
 def photos():
-    return [np.asarray(Image.open(path).convert("RGB")) for path in (ASTRONAUT, IMAGES / "Tom_Hanks_54745.png")]
+    return [photo(ASTRONAUT), photo(INSIGHTFACE_IMAGES / "Tom_Hanks_54745.png")]
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ No explicit image is used or shipped, so the positive path of NudeNet is not exe
 the flagging logic downstream is tested in test_safety_audit.py with a threshold on the detector's real scores."""
 
 import pytest
+from face_test_assets import real_photos
 from onestep.safety.detectors import EXPLICIT_LABELS, NudeNetCheck, ProfanityToxicity, nudenet_model_path
 from onestep.safety.errors import DetectorMissingError
-from safety_photos import real_photos
 
 
 @pytest.fixture(scope="module")

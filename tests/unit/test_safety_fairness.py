@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from face_test_assets import real_photos, write_synthetic_genderage
 from onestep.pulid.face_analysis import YuNetSFaceAnalyzer, detect_faces
 from onestep.safety.errors import DetectorMissingError
 from onestep.safety.fairness import (
@@ -18,7 +19,6 @@ from onestep.safety.fairness import (
     kl_to_uniform,
     normalised_kl_to_uniform,
 )
-from safety_photos import real_photos, write_synthetic_genderage
 
 
 def test_uniform_is_zero_and_one_value_is_one():

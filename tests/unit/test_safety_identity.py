@@ -4,6 +4,7 @@ opt-in PuLID guard ``refuse_protected_identity``."""
 import numpy as np
 import pytest
 import torch
+from face_test_assets import real_photos
 from onestep.pulid.face_analysis import YuNetSFaceAnalyzer, detect_faces
 from onestep.safety.errors import ProtectedIdentityError, SafetyInputError
 from onestep.safety.identity import (
@@ -17,7 +18,6 @@ from onestep.safety.identity import (
     save_gallery,
 )
 from PIL import Image
-from safety_photos import real_photos
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,6 @@
-"""Test helper: real photos that ship offline and the synthetic genderage ONNX model, for the safety tests."""
+"""Test and benchmark helpers for the face pipeline: the real photos that ship offline (insightface's and
+scikit-image's sample images), an analyzer giving SFace's real embedding at PuLID's 512 dimensions, and the
+synthetic genderage ONNX model of the safety tests."""
 
 from importlib.util import find_spec
 from pathlib import Path
@@ -6,10 +8,23 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from pack_loader import load_pack
 from PIL import Image
+
+load_pack()
+from onestep.pulid.face_analysis import YuNetSFaceAnalyzer  # noqa: E402 (the repository, imported as onestep)
 
 INSIGHTFACE_IMAGES = Path(find_spec("insightface").origin).parent / "data" / "images"
 SKIMAGE_DATA = Path(find_spec("skimage").origin).parent / "data"
+ASTRONAUT = SKIMAGE_DATA / "astronaut.png"
+
+
+class SFaceAs512(YuNetSFaceAnalyzer):
+    """YuNet + SFace with the real 128-d SFace embedding repeated to the 512 dimensions PuLID's encoders take
+    (antelopev2's 512-d glintr100 is not available offline). For tests and benchmarks only."""
+
+    def embed(self, image, face):
+        return np.tile(super().embed(image, face), 4)
 
 
 def photo(path: Path) -> np.ndarray:
