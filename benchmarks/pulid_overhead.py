@@ -25,14 +25,6 @@ import comfy_host  # noqa: E402
 from common import describe_device, interleaved_medians, time_call, write_result  # noqa: E402
 from pack_loader import load_pack  # noqa: E402
 
-SDXL_UNET_CONFIG = {
-    "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320,
-    "num_res_blocks": [2, 2, 2], "channel_mult": [1, 2, 4],
-    "transformer_depth": [0, 0, 2, 2, 10, 10], "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
-    "transformer_depth_middle": 10, "context_dim": 2048, "use_linear_in_transformer": True,
-    "use_spatial_transformer": True, "adm_in_channels": 2816, "num_classes": "sequential",
-    "use_temporal_attention": False, "use_temporal_resblock": False, "num_heads": -1, "num_head_channels": 64,
-}
 SMALL_WIDTH = 64  # the CPU model: SDXL's blocks and 70 cross-attentions at 1/5 of the width
 
 
@@ -52,7 +44,7 @@ def build_unet(model: str, device: str):
     import comfy.supported_models
     import torch
 
-    config = dict(SDXL_UNET_CONFIG)
+    config = dict(comfy_host.SDXL_UNET_CONFIG)
     if model == "small":
         config.update(model_channels=SMALL_WIDTH, context_dim=SMALL_WIDTH * 4, num_head_channels=16)
     patcher = comfy_host.tiny_model_patcher(comfy.supported_models.SDXL, config)

@@ -41,6 +41,17 @@ TINY_UNET_CONFIG = {
 }
 
 
+# SDXL's UNet as ComfyUI detects it (base 1.0): 70 text cross-attentions in input 4, 5, 7, 8, middle, output 0-5
+SDXL_UNET_CONFIG = {
+    "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320,
+    "num_res_blocks": [2, 2, 2], "channel_mult": [1, 2, 4],
+    "transformer_depth": [0, 0, 2, 2, 10, 10], "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+    "transformer_depth_middle": 10, "context_dim": 2048, "use_linear_in_transformer": True,
+    "use_spatial_transformer": True, "adm_in_channels": 2816, "num_classes": "sequential",
+    "use_temporal_attention": False, "use_temporal_resblock": False, "num_heads": -1, "num_head_channels": 64,
+}
+
+
 TINY_POOLED_DIM = 16
 SDXL_SIZE_EMBEDDING_DIM = 6 * 256  # SDXL.encode_adm: six Timestep(256) embeddings (sizes, crop, target size)
 TINY_SDXL_UNET_CONFIG = {

@@ -11,7 +11,7 @@ import comfy.supported_models
 import numpy as np
 import pytest
 import torch
-from comfy_host import tiny_model_patcher
+from comfy_host import SDXL_UNET_CONFIG, tiny_model_patcher
 from onestep.distill.student_file import StudentInfo
 from onestep.nodes.presets import STUDENT_INFO_KEY
 from onestep.nodes.pulid_apply import (
@@ -29,14 +29,7 @@ from onestep.pulid.injection import PerceiverAttentionCA, flux_contribution, flu
 from onestep.pulid.weights import SDXL_CROSS_ATTENTION_SLOTS, Layout, PuLIDFlux, PuLIDSDXL
 
 TOKEN_DIM = 8
-TINY_SDXL_CONFIG = {
-    "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
-    "num_res_blocks": [2, 2, 2], "channel_mult": [1, 2, 4],
-    "transformer_depth": [0, 0, 2, 2, 10, 10], "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
-    "transformer_depth_middle": 10, "context_dim": 16, "use_linear_in_transformer": True,
-    "use_spatial_transformer": True, "adm_in_channels": 2816, "num_classes": "sequential",
-    "use_temporal_attention": False, "use_temporal_resblock": False, "num_heads": -1, "num_head_channels": 16,
-}
+TINY_SDXL_CONFIG = {**SDXL_UNET_CONFIG, "model_channels": 32, "context_dim": 16, "num_head_channels": 16}
 TINY_FLUX_CONFIG = {
     "image_model": "flux", "in_channels": 4, "out_channels": 4, "vec_in_dim": 8, "context_in_dim": 16,
     "hidden_size": 32, "mlp_ratio": 2.0, "num_heads": 2, "depth": 3, "depth_single_blocks": 5,
