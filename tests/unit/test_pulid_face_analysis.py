@@ -3,8 +3,10 @@ backend through InsightFace's own model router.
 
 No SCRFD/ArcFace antelopev2 files ship offline. InsightFace's router takes SFace as a recognition model but
 routes YuNet (12 outputs) to SCRFD, which cannot decode it; so the InsightFace backend is tested on its error
-paths with real files, and on its working path with a small SCRFD-format ONNX graph written here (constant
-heads: every anchor a face with fixed box and landmark offsets) next to the real SFace.
+paths with real files, on its working path with a small SCRFD-format ONNX graph written here (constant
+heads: every anchor a face with fixed box and landmark offsets) next to the real SFace, and end to end on real
+photos with a SYNTHETIC pack (``face_test_assets.assemble_insightface_pack``: YuNet dressed as SCRFD, SFace
+tiled to 512-d dressed as ArcFace; real networks, not antelopev2).
 """
 
 import logging
@@ -237,3 +239,71 @@ def test_cosine_similarity_known_values():
     assert cosine_similarity(np.array([1.0, 0.0]), np.array([3.0, 0.0])) == pytest.approx(1.0)
     assert cosine_similarity(np.array([1.0, 0.0]), np.array([0.0, 2.0])) == pytest.approx(0.0)
     assert cosine_similarity(np.array([1.0, 1.0]), np.array([-1.0, 0.0])) == pytest.approx(-(0.5**0.5))
+
+
+# --- InsightFace backend end to end: the SYNTHETIC YuNet + SFace pack (not antelopev2) ------------------------
+
+
+@pytest.fixture(scope="module")
+def pack_analyzer(tmp_path_factory):
+    from face_test_assets import assemble_insightface_pack
+
+    return InsightFaceAnalyzer(assemble_insightface_pack(tmp_path_factory.mktemp("yunet_sface_pack")))
+
+
+def test_synthetic_pack_is_routed_as_scrfd_with_landmarks_and_arcface(pack_analyzer):
+    from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+    from insightface.model_zoo.scrfd import SCRFD
+
+    assert isinstance(pack_analyzer.detector, SCRFD) and pack_analyzer.detector.use_kps
+    assert pack_analyzer.detector.input_size == (640, 640)  # YuNet's fixed input: SCRFD detects at 640 only
+    assert isinstance(pack_analyzer.recognizer, ArcFaceONNX) and pack_analyzer.recognizer.input_size == (112, 112)
+    # the graph's Sub_/Mul_ head makes InsightFace feed raw 0..255 pixels, as SFace wants
+    assert (pack_analyzer.recognizer.input_mean, pack_analyzer.recognizer.input_std) == (0.0, 1.0)
+    assert pack_analyzer.embedding_dim == 512
+
+
+def test_synthetic_pack_finds_what_yunet_finds(pack_analyzer, analyzer, photos):
+    for name, count in (("t1", 6), ("astronaut", 1), ("hanks", 1)):
+        found = order_faces(detect_faces(pack_analyzer, photos[name], name), "left_to_right")
+        expected = order_faces(detect_faces(analyzer, photos[name], name), "left_to_right")
+        assert len(found) == len(expected) == count, name
+        for face, reference in zip(found, expected, strict=True):
+            np.testing.assert_allclose(face.box, reference.box, atol=2)  # pixels
+            np.testing.assert_allclose(face.landmarks, reference.landmarks, atol=2)
+            assert face.score == pytest.approx(reference.score, abs=1e-3)
+
+
+def test_synthetic_pack_embedding_is_sface_tiled(pack_analyzer, analyzer, photos):
+    for name in ("astronaut", "hanks"):
+        face = select_face(detect_faces(analyzer, photos[name], name))
+        embedding = pack_analyzer.embed(photos[name], face)
+        assert embedding.shape == (512,)
+        np.testing.assert_allclose(embedding[:128], analyzer.embed(photos[name], face), rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(embedding.reshape(4, 128), np.tile(embedding[:128], (4, 1)))
+
+
+def test_synthetic_pack_same_person_is_closer_than_different_people(pack_analyzer, photos):
+    def embedding(image):
+        return pack_analyzer.embed(image, select_face(detect_faces(pack_analyzer, image, "photo")))
+
+    astronaut = embedding(photos["astronaut"])
+    mirrored = embedding(np.ascontiguousarray(photos["astronaut"][:, ::-1]))
+    assert cosine(astronaut, mirrored) > 0.8 and cosine(astronaut, embedding(photos["hanks"])) < 0.4
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_pulid_face_condition_through_the_insightface_backend(pack_analyzer, photos):
+    import torch
+    from onestep.pulid.embedding import face_condition
+    from onestep.pulid.eva_clip import build_eva02_clip_l14_336
+
+    torch.manual_seed(0)
+    eva = build_eva02_clip_l14_336(embed_dim=64, num_heads=4, depth=21)
+    with torch.inference_mode():
+        condition = face_condition(photos["astronaut"], pack_analyzer, eva, "astronaut.png")
+    assert condition.id_cond.shape == (1, 1280) and [h.shape for h in condition.vit_hidden] == [(1, 577, 64)] * 5
+    expected = pack_analyzer.embed(photos["astronaut"], condition.face)  # the astronaut is 512 px: not resized
+    np.testing.assert_allclose(condition.id_cond[0, :512].numpy(), expected, rtol=1e-5)
+    torch.testing.assert_close(condition.id_cond[0, 512:].norm(), torch.tensor(1.0))
+    assert condition.crop.shape == (512, 512, 3)
