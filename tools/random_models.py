@@ -98,3 +98,44 @@ def ensure_random_sd15_files(cache_dir: Path) -> dict[str, Path]:
     if not paths["unet"].exists():
         _save(paths["unet"], random_sd15_unet_state_dict(seed=3), STUDENT_METADATA)
     return paths
+
+
+PULID_FILE = f"random_pulid_v1.1_sdxl_v{FILES_VERSION}.safetensors"
+EVA_CLIP_FILE = f"random_eva02_clip_l14_336_v{FILES_VERSION}.pt"
+
+
+def random_pulid_v11_state_dict(seed: int = 4) -> dict[str, torch.Tensor]:
+    """PuLID v1.1 for SDXL at the official size, in the official key layout (``id_adapter.*`` +
+    ``id_adapter_attn_layers.{1..139}.id_to_k|v``), random weights."""
+    from onestep.pulid.encoders import IDFormer
+    from onestep.pulid.weights import SDXL_CROSS_ATTENTION_SLOTS, PuLIDSDXL
+
+    torch.manual_seed(seed)
+    module = _randomize(PuLIDSDXL(IDFormer(), [hidden for *_, hidden in SDXL_CROSS_ATTENTION_SLOTS]))
+    return _half(module.state_dict())
+
+
+def random_eva_clip_state_dict(seed: int = 5) -> dict[str, torch.Tensor]:
+    """The EVA02-CLIP-L-14-336 visual tower at full size, random weights, in timm's names (which the loader
+    takes as well as the official ``visual.*`` ones)."""
+    from onestep.pulid.eva_clip import build_eva02_clip_l14_336
+
+    torch.manual_seed(seed)
+    return _half(_randomize(build_eva02_clip_l14_336()).state_dict())
+
+
+def ensure_random_pulid_files(cache_dir: Path) -> dict[str, Path]:
+    """Write (once) official-size PuLID v1.1 (safetensors) and EVA-CLIP (a weights-only torch file) with random
+    weights into ``cache_dir``: the real loaders, layout detection and shape checks run on them."""
+    from pack_loader import load_pack
+
+    load_pack()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"pulid": cache_dir / PULID_FILE, "eva_clip": cache_dir / EVA_CLIP_FILE}
+    if not paths["pulid"].exists():
+        _save(paths["pulid"], random_pulid_v11_state_dict())
+    if not paths["eva_clip"].exists():
+        temporary = paths["eva_clip"].with_suffix(".tmp")
+        torch.save(random_eva_clip_state_dict(), temporary)
+        os.replace(temporary, paths["eva_clip"])
+    return paths
