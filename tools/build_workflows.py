@@ -343,27 +343,73 @@ def pulid_flux() -> Workflow:
     return w
 
 
+CONFIG_OUTPUTS = [("ONESTEP_DISTILL_CONFIG", "ONESTEP_DISTILL_CONFIG")]
+PROMPTS_OUTPUTS = [("ONESTEP_PROMPTS", "ONESTEP_PROMPTS")]
+TRAINER_OUTPUTS = [("student", "MODEL"), ("run_folder", "STRING"), ("curve", "IMAGE")]
+DISTILL_CONFIG_DEFAULTS = {  # in the config node's input order
+    "method": "sid", "iterations": 400, "batch_size": 32, "lr_generator": 1e-5, "lr_fake_score": 1e-5, "alpha": 1.2,
+    "k1_train_fake": 1.0, "k2_k3_eval_fake": 1.0, "k4_eval_real": 1.0, "sim_c": 1e-3, "width": 28, "height": 28,
+    "precision": "fp32", "ema_halflife_kimg": 0.5, "seed": 0, "checkpoint_every": 100, "preview_every": 25,
+    "grad_accumulation": 1, "gradient_checkpointing": False, "fused_adamw": False, "lora_rank": 0,
+}
+DISTILL_PROMPTS = "\n".join([
+    "a photo of a red fox sitting in fresh snow, golden hour",
+    "a watercolor painting of a lighthouse on a rocky coast",
+    "a bowl of ramen on a wooden table, studio lighting",
+    "an astronaut riding a horse on the moon, digital art",
+    "a cozy reading nook with a window and rain outside",
+])
+
+
+def distill_config_inputs(**overrides) -> list:
+    unknown = set(overrides) - set(DISTILL_CONFIG_DEFAULTS)
+    if unknown:
+        raise KeyError(f"not OneStep Distill Config inputs: {sorted(unknown)}")
+    return list({**DISTILL_CONFIG_DEFAULTS, **overrides}.items())
+
+
+def trainer_inputs(teacher: Link, prompts: Link, config: Link, run_name: str) -> list:
+    return [("teacher", teacher), ("prompts", prompts), ("config", config), ("run_name", run_name), ("resume", True)]
+
+
+def distill_sd15() -> Workflow:
+    """SiD-LSG on an SD1.5 checkpoint, set up for one 24 GB GPU: bf16, gradient checkpointing, LoRA, accumulation."""
+    w = Workflow("onestep_distill_sd15")
+    teacher = w.add("CheckpointLoaderSimple", [("ckpt_name", SD15_CHECKPOINT)], CHECKPOINT_OUTPUTS, 0, 0,
+                    "Teacher: SD1.5")
+    prompts = w.add("OneStepPromptSource", [("kind", "text"), ("labels", ""), ("prompts", DISTILL_PROMPTS),
+                                            ("prompt_file", ""), ("clip", teacher.out(1))], PROMPTS_OUTPUTS, 0, 1,
+                    "Prompts (one per line, or a prompt file)")
+    config = w.add("OneStepDistillConfig", distill_config_inputs(
+        method="sid-lsg", iterations=20000, batch_size=1, lr_generator=1e-6, lr_fake_score=1e-6, k1_train_fake=1.5,
+        k2_k3_eval_fake=1.5, k4_eval_real=1.5, width=512, height=512, precision="bf16", checkpoint_every=500,
+        preview_every=100, grad_accumulation=8, gradient_checkpointing=True, fused_adamw=True, lora_rank=64,
+    ), CONFIG_OUTPUTS, 0, 2, "SiD-LSG, guidance 1.5 (LoRA 64, bf16, checkpointing: one 24 GB GPU)")
+    trainer = w.add("OneStepDistillTrainer", trainer_inputs(teacher.out(0), prompts.out(0), config.out(0),
+                                                             "sd15_sid_lsg"), TRAINER_OUTPUTS, 1, 0)
+    w.add("OneStepSaveStudent", [("student", trainer.out(0)), ("name", "sd15_sid_lsg_student")],
+          [("path", "STRING")], 2, 1)
+    text = w.add("CLIPTextEncode", [("text", PROMPT), ("clip", teacher.out(1))], [("CONDITIONING", "CONDITIONING")],
+                 1, 1)
+    latent = w.add("OneStepGenerate", one_step_generate_inputs(trainer.out(0), text.out(0), "auto"),
+                   [("LATENT", "LATENT")], 2, 0, "The student, one step")
+    image = w.add("VAEDecode", [("samples", latent.out(0)), ("vae", teacher.out(2))], [("IMAGE", "IMAGE")], 3, 0)
+    w.add("SaveImage", [("images", image.out(0)), ("filename_prefix", "onestep/sd15_sid_lsg_student")], [], 4, 0)
+    w.add("SaveImage", [("images", trainer.out(2)), ("filename_prefix", "onestep/sd15_training_curve")], [], 4, 1)
+    return w
+
+
 def distill_fmnist() -> Workflow:
     w = Workflow("onestep_distill_fmnist")
     teacher = w.add("OneStepLoadPackModel", [("model_name", "teacher.safetensors")], [("MODEL", "MODEL")], 0, 0,
                     "Teacher: the shipped Fashion-MNIST EDM model")
     prompts = w.add("OneStepPromptSource", [("kind", "class labels"), ("labels", "0-9"), ("prompts", ""),
-                                            ("prompt_file", "")], [("ONESTEP_PROMPTS", "ONESTEP_PROMPTS")], 0, 1)
-    config = w.add(
-        "OneStepDistillConfig",
-        [("method", "sid"), ("iterations", 150), ("batch_size", 32), ("lr_generator", 1e-4), ("lr_fake_score", 1e-4),
-         ("alpha", 1.2), ("k1_train_fake", 1.0), ("k2_k3_eval_fake", 1.0), ("k4_eval_real", 1.0), ("sim_c", 1e-3),
-         ("width", 28), ("height", 28), ("precision", "fp32"), ("ema_halflife_kimg", 0.5), ("seed", 0),
-         ("checkpoint_every", 100), ("preview_every", 20), ("grad_accumulation", 1), ("gradient_checkpointing", False),
-         ("fused_adamw", False), ("lora_rank", 0)],
-        [("ONESTEP_DISTILL_CONFIG", "ONESTEP_DISTILL_CONFIG")], 0, 2,
-    )
-    trainer = w.add(
-        "OneStepDistillTrainer",
-        [("teacher", teacher.out(0)), ("prompts", prompts.out(0)), ("config", config.out(0)),
-         ("run_name", "fmnist_sid"), ("resume", True)],
-        [("student", "MODEL"), ("run_folder", "STRING"), ("curve", "IMAGE")], 1, 0,
-    )
+                                            ("prompt_file", "")], PROMPTS_OUTPUTS, 0, 1)
+    config = w.add("OneStepDistillConfig", distill_config_inputs(
+        method="sid", iterations=150, batch_size=32, lr_generator=1e-4, lr_fake_score=1e-4, width=28, height=28,
+        checkpoint_every=100, preview_every=20), CONFIG_OUTPUTS, 0, 2)
+    trainer = w.add("OneStepDistillTrainer",
+                    trainer_inputs(teacher.out(0), prompts.out(0), config.out(0), "fmnist_sid"), TRAINER_OUTPUTS, 1, 0)
     w.add("OneStepSaveStudent", [("student", trainer.out(0)), ("name", "fmnist_sid_student")],
           [("path", "STRING")], 2, 1)
     evaluation = w.add(
@@ -422,7 +468,7 @@ def safety_gated_sid_lsg_sd15() -> Workflow:
     return w
 
 
-WORKFLOWS = [distill_fmnist, sid_lsg_sd15, fast_sid_lsg_sd15, sim_pixart, teacher_vs_student_sd15,
+WORKFLOWS = [distill_fmnist, distill_sd15, sid_lsg_sd15, fast_sid_lsg_sd15, sim_pixart, teacher_vs_student_sd15,
              pulid_sdxl, pulid_one_step_student, pulid_flux]
 WORKFLOWS += [safety_audit_fmnist, safety_gated_sid_lsg_sd15]
 
