@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from workflow_files import load_api_workflow
 
@@ -78,4 +79,5 @@ def test_the_identity_branch_of_the_sdxl_workflow_runs(server):
     crop = Image.open(io.BytesIO(server.get_bytes("/view?" + urlencode(outputs["crops"]["images"][0]))))
     pixels = np.asarray(crop.convert("RGB"))
     assert pixels.shape == (512, 512, 3) and np.array_equal(pixels[..., 0], pixels[..., 2])  # the gray crop
-    assert "CUDAExecutionProvider was requested but onnxruntime runs on" in server.log_tail(10**7)  # loud fallback
+    if not torch.cuda.is_available():  # the workflow asks for CUDA: the fallback to the CPU is logged loudly
+        assert "CUDAExecutionProvider was requested but onnxruntime runs on" in server.log_tail(10**7)
