@@ -28,7 +28,8 @@ def checkpoint_blocks(module: nn.Module, blocks: Iterable[nn.Module]) -> nn.Modu
 
 
 def adam(params: Iterable[nn.Parameter], lr: float, betas: tuple, eps: float, fused: bool) -> torch.optim.Optimizer:
-    """Adam(betas, eps); fused: the fused AdamW kernel with weight decay 0 (the same update), else unfused AdamW."""
+    """Adam(betas, eps), or with ``fused`` the fused AdamW kernel at weight decay 0 (the same update as Adam;
+    the unfused AdamW where this device has no fused kernel)."""
     params = list(params)
     if not fused:
         return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)
