@@ -98,9 +98,9 @@ class PuLIDEmbedFace(io.ComfyNode):
     def execute(cls, pulid: PulidModel, eva_clip, face_analysis, image, fusion, face_order, face_index,
                 if_no_face, face_parsing=None) -> io.NodeOutput:
         from ..pulid.embedding import ARCFACE_DIM, id_tokens
-        from ..pulid.face_crop import image_to_uint8
+        from ..pulid.face_crop import images_to_uint8
 
-        photos = [image_to_uint8(frame) for frame in image]
+        photos = images_to_uint8(image)
         names = image_names(len(photos))
         progress = comfy.utils.ProgressBar(len(photos) + 1)
         parsers = [] if face_parsing is None else [face_parsing]
@@ -189,14 +189,14 @@ class IDSimilarity(io.ComfyNode):
         import json
 
         from ..pulid.face_analysis import NoFaceError
-        from ..pulid.face_crop import image_to_uint8
+        from ..pulid.face_crop import images_to_uint8
         from ..pulid.similarity import identity_similarities, reference_identity
 
         try:
-            identity = reference_identity(face_analysis, [image_to_uint8(frame) for frame in reference])
+            identity = reference_identity(face_analysis, images_to_uint8(reference))
         except NoFaceError as error:
             raise NoFaceError(f"ID Similarity: {error}: the reference must show the person's face.") from error
-        similarities = identity_similarities(face_analysis, identity, [image_to_uint8(frame) for frame in images])
+        similarities = identity_similarities(face_analysis, identity, images_to_uint8(images))
         scored = [s for s in similarities if s is not None]
         mean = float(np.mean(scored)) if scored else float("nan")
         report = {"recognizer": face_analysis.name, "per_image": similarities, "mean": mean if scored else None,

@@ -20,6 +20,7 @@ import torch
 from comfy_api.latest import io
 
 from ..pulid.face_analysis import InsightFaceAnalyzer, YuNetSFaceAnalyzer
+from ..pulid.face_crop import images_to_uint8
 from ..safety.audit import AuditChecks, check_batch, render_table, run_audit
 from ..safety.detectors import EXPLICIT_LABELS, NudeNetCheck, ProfanityToxicity
 from ..safety.errors import SafetyInputError
@@ -109,14 +110,6 @@ def attribute_model(choice: str):
     if choice not in packs:
         raise SafetyNodeError(f"fairness model '{choice}' has no {GENDERAGE_FILE}; choose auto or none.")
     return InsightFaceGenderAge(packs[choice] / GENDERAGE_FILE), None
-
-
-def images_to_arrays(images: torch.Tensor) -> list[np.ndarray]:
-    """ComfyUI IMAGE [B, H, W, C] in [0, 1] -> RGB uint8 arrays."""
-    pixels = (images[..., :3].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    if pixels.shape[-1] == 1:
-        pixels = pixels.repeat(3, axis=-1)
-    return list(pixels)
 
 
 def node_error(node: str, error: Exception) -> SafetyNodeError:
@@ -265,7 +258,7 @@ class OneStepSafetyCheck(io.ComfyNode):
     def execute(cls, images, explicit_threshold, flag_toxic_prompts, face_model, identity_threshold,
                 prompts=None, gallery=None) -> io.NodeOutput:
         node = "OneStep Safety Check"
-        arrays = images_to_arrays(images)
+        arrays = images_to_uint8(images)
         lines = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
         if len(lines) in (0, 1):
             lines = (lines or [""]) * len(arrays)
@@ -291,8 +284,7 @@ class OneStepSafetyCheck(io.ComfyNode):
 
 def decode_pixels(samples: torch.Tensor) -> list[np.ndarray]:
     """Pixel-space samples of a pack model (grayscale in [-1, 1]) -> RGB uint8."""
-    pixels = ((samples.float() + 1) / 2).clamp(0, 1).movedim(1, -1)
-    return images_to_arrays(pixels.repeat(1, 1, 1, 3 // pixels.shape[-1]))
+    return images_to_uint8(((samples.float() + 1) / 2).clamp(0, 1).movedim(1, -1))
 
 
 class ModelAdapter:
@@ -336,7 +328,7 @@ class ModelAdapter:
                 positive, negative, latent, disable_pbar=True, seed=seed)
         if self.class_conditional:
             return decode_pixels(samples)
-        return images_to_arrays(self.vae.decode(samples))
+        return images_to_uint8(self.vae.decode(samples))
 
 
 def conditioning_note(class_conditional: bool) -> str:

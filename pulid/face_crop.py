@@ -31,9 +31,13 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OPENAI_DATASET_MEAN/STD, as t
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def image_to_uint8(image: torch.Tensor) -> np.ndarray:
-    """A float image [H, W, 3] in [0, 1] (ComfyUI IMAGE entry) as RGB uint8."""
-    return (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+def images_to_uint8(images: torch.Tensor) -> list[np.ndarray]:
+    """A batch of float images [B, H, W, C] in [0, 1] (a ComfyUI IMAGE) as RGB uint8 arrays; a gray image (C = 1)
+    is repeated to 3 channels, an alpha channel dropped."""
+    pixels = (images[..., :3].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    if pixels.shape[-1] == 1:
+        pixels = pixels.repeat(3, axis=-1)
+    return list(pixels)
 
 
 def resize_long_edge(image: np.ndarray, max_edge: int = 1024) -> np.ndarray:

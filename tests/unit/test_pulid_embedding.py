@@ -21,7 +21,7 @@ from onestep.pulid.face_crop import (
     align_face,
     clip_pixels,
     face_features_image,
-    image_to_uint8,
+    images_to_uint8,
     resize_long_edge,
     whitened_region,
 )
@@ -84,7 +84,7 @@ def test_clip_pixels_and_image_helpers():
     torch.testing.assert_close(pixels[0, :, 0, 0], (1 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD))
     assert resize_long_edge(np.zeros((886, 1280, 3), np.uint8)).shape == (708, 1024, 3)
     assert resize_long_edge(np.zeros((100, 50, 3), np.uint8)).shape == (100, 50, 3)
-    assert image_to_uint8(torch.tensor([[[0.0, 0.5, 1.0]]])).tolist() == [[[0, 128, 255]]]
+    assert images_to_uint8(torch.tensor([[[[0.0, 0.5, 1.0]]]]))[0].tolist() == [[[0, 128, 255]]]
 
 
 def test_face_condition(conditions, analyzer, photos):
