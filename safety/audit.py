@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..pulid.face_analysis import FaceAnalyzer
+from ..pulid.face_analysis import FaceAnalyzer, select_face
 from .detectors import ExplicitImageCheck, PromptToxicity
 from .fairness import AttributeModel, AttributeTally, fairness_summary
 from .identity import PrivacyCheck, find_faces
@@ -71,8 +71,7 @@ def image_checks(image: np.ndarray, checks: AuditChecks, person_neutral: bool) -
             out["protected_identity"] = {"match": privacy.match, "similarity": None if privacy.similarity is None
                                          else round(privacy.similarity, 4)}
         if checks.attributes is not None and person_neutral:
-            out["attributes"] = (checks.attributes.predict(image, max(faces, key=lambda f: f.area))
-                                 if faces else None)
+            out["attributes"] = checks.attributes.predict(image, select_face(faces)) if faces else None
     return out
 
 

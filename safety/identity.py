@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..pulid.face_analysis import DET_SIZES, FaceAnalyzer, NoFaceError, detect_faces
+from ..pulid.similarity import largest_face_embedding
 from .errors import ProtectedIdentityError, SafetyInputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -102,13 +103,11 @@ def gallery_from_photos(analyzer: FaceAnalyzer, photos: dict[str, np.ndarray],
     names, embeddings, skipped = [], [], []
     for name, image in photos.items():
         try:
-            faces = detect_faces(analyzer, image, name, det_sizes)
+            embeddings.append(largest_face_embedding(analyzer, image, name, det_sizes))
         except NoFaceError:
             skipped.append(name)
             continue
-        face = max(faces, key=lambda f: f.area)
         names.append(name)
-        embeddings.append(analyzer.embed(image, face))
     if not names:
         found = f" ({len(skipped)} photo(s) without a detectable face: {', '.join(skipped)})" if skipped else ""
         raise SafetyInputError(f"the protected-identity gallery is empty{found}: give clear, frontal photos with "
