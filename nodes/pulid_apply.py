@@ -20,6 +20,18 @@ import comfy.model_patcher
 import torch
 from comfy_api.latest import io
 
+from ..pulid.injection import (
+    PRESETS,
+    add_contributions,
+    append_zero_tokens,
+    batch_for_chunks,
+    flux_contribution,
+    flux_injection_indices,
+    id_contribution,
+    mask_to_tokens,
+    sdxl_token_grid,
+)
+from ..pulid.weights import SDXL_CROSS_ATTENTION_SLOTS, PulidWeightsError, expect_base
 from .presets import preset_sigmas, schedule_of, student_info_of
 from .pulid_embed import PULID_EMBEDDING, PulidEmbedding
 from .pulid_loaders import PULID, PulidModel
@@ -82,8 +94,6 @@ def check_mask(mask: torch.Tensor | None, node: str) -> torch.Tensor | None:
 
 def mask_tokens(mask: torch.Tensor, grid: tuple[int, int], latent_hw: tuple[int, int], node: str) -> torch.Tensor:
     """Per-token weights [M, rows*cols, 1] of a mask that has the image's aspect ratio."""
-    from ..pulid.injection import mask_to_tokens
-
     mask_aspect, image_aspect = mask.shape[-1] / mask.shape[-2], latent_hw[1] / latent_hw[0]
     if abs(mask_aspect / image_aspect - 1) > MASK_ASPECT_TOLERANCE:
         raise PulidApplyError(
@@ -96,8 +106,6 @@ def mask_tokens(mask: torch.Tensor, grid: tuple[int, int], latent_hw: tuple[int,
 
 def per_sample(cond: torch.Tensor, uncond: torch.Tensor, options: dict, batch: int, node: str) -> torch.Tensor:
     """``cond`` for the conditional chunks of the batch and ``uncond`` for the unconditional ones."""
-    from ..pulid.injection import batch_for_chunks
-
     try:
         return batch_for_chunks(cond, uncond, options.get("cond_or_uncond", [0]), batch)
     except ValueError as error:
@@ -136,8 +144,6 @@ class SdxlFace:
         return per_sample(k_cond, k_uncond, options, batch, NODE), per_sample(v_cond, v_uncond, options, batch, NODE)
 
     def token_mask(self, q: torch.Tensor, options: dict) -> torch.Tensor | None:
-        from ..pulid.injection import sdxl_token_grid
-
         if self.mask is None:
             return None
         latent_hw = tuple(options["original_shape"][-2:])
@@ -156,8 +162,6 @@ class PulidAttention:
         return self
 
     def __call__(self, q, k, v, extra_options):
-        from ..pulid.injection import add_contributions, id_contribution
-
         heads = extra_options["n_heads"]
         if self.previous is not None:
             h = self.previous(q, k, v, extra_options)
@@ -189,8 +193,6 @@ def attn2_of(diffusion_model, block: str, block_id: int, index: int):
 
 def check_sdxl_model(model, pulid: PulidModel) -> None:
     """Every slot PuLID patches exists with the hidden size of its ID projections."""
-    from ..pulid.weights import SDXL_CROSS_ATTENTION_SLOTS
-
     diffusion_model = model.model.diffusion_model
     for slot, (block, block_id, index, _) in enumerate(SDXL_CROSS_ATTENTION_SLOTS):
         attention = attn2_of(diffusion_model, block, block_id, index)
@@ -206,8 +208,6 @@ def check_sdxl_model(model, pulid: PulidModel) -> None:
 
 def check_inputs(pulid: PulidModel, embedding: PulidEmbedding, gallery, base: str, node: str) -> None:
     """PuLID weights for ``base``, an embedding made with the same weights, and no protected identity."""
-    from ..pulid.weights import PulidWeightsError, expect_base
-
     other_node = {"sdxl": FLUX_NODE, "flux": NODE}[base]
     try:
         expect_base(pulid.layout, base)
@@ -229,9 +229,6 @@ def projected(tokens: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
 
 def sdxl_face(pulid: PulidModel, embedding: PulidEmbedding, projection: str, num_zero: int, weight: float,
               window: StepWindow, mask: torch.Tensor | None) -> SdxlFace:
-    from ..pulid.injection import append_zero_tokens
-    from ..pulid.weights import SDXL_CROSS_ATTENTION_SLOTS
-
     tokens = [append_zero_tokens(t, num_zero) for t in (embedding.cond, embedding.uncond)]
     keys, values = {}, {}
     for slot in range(len(SDXL_CROSS_ATTENTION_SLOTS)):
@@ -251,8 +248,6 @@ def with_face(patches: dict, key, face, make):
 
 def apply_sdxl(model, face: SdxlFace):
     """A clone of ``model`` with ``face`` on every SDXL cross-attention slot."""
-    from ..pulid.weights import SDXL_CROSS_ATTENTION_SLOTS
-
     patched = model.clone()
     replaced = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
     for slot, (block, block_id, index, _) in enumerate(SDXL_CROSS_ATTENTION_SLOTS):
@@ -329,8 +324,6 @@ class ApplyPuLID(io.ComfyNode):
     @classmethod
     def execute(cls, model, pulid: PulidModel, embedding: PulidEmbedding, weight, start_at, end_at, preset,
                 projection, num_zero_tokens, attn_mask=None, protected_identities=None) -> io.NodeOutput:
-        from ..pulid.injection import PRESETS
-
         check_inputs(pulid, embedding, protected_identities, "sdxl", NODE)
         check_sdxl_model(model, pulid)
         if preset != "custom":
@@ -355,8 +348,6 @@ class FluxFace:
     cache: DeviceCache = field(default_factory=DeviceCache)
 
     def contribution(self, ca_index: int, img: torch.Tensor, options: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        from ..pulid.injection import flux_contribution
-
         cross_attention = self.cross_attentions[ca_index]
         parameter = next(cross_attention.parameters())
         cond, uncond = (self.cache.get(name, parameter, lambda t=t: t) for name, t in (("cond", self.cond),
@@ -392,8 +383,6 @@ class PulidFluxBlock:
         return self
 
     def __call__(self, args, extras):
-        from ..pulid.injection import add_contributions
-
         out = self.previous(args, extras) if self.previous is not None else extras["original_block"](args)
         options = args["transformer_options"]
         if self.kind == "double_block":
@@ -412,8 +401,6 @@ class PulidFluxBlock:
 
 def check_flux_model(model, pulid: PulidModel) -> list[tuple[str, int]]:
     """Where the cross-attentions act on this FLUX model; an error if they do not fit it."""
-    from ..pulid.injection import flux_injection_indices
-
     diffusion_model = model.model.diffusion_model
     if not hasattr(diffusion_model, "double_blocks") or not hasattr(diffusion_model, "single_blocks"):
         raise PulidApplyError(
