@@ -21,6 +21,7 @@ from comfy_api.latest import io
 from ..distill.network_file import load_network, read_info
 from ..distill.networks import EDMDenoiser
 from ..distill.student_file import StudentInfo, is_safetensors
+from .model_folders import ensure_model_folder
 from .presets import STUDENT_INFO_KEY
 
 PACK_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -32,8 +33,7 @@ FMNIST_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal
 
 def register_model_folder() -> None:
     """models/onestep in the user's ComfyUI, plus the networks shipped with the pack."""
-    if FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.add_model_folder_path(FOLDER, str(Path(folder_paths.models_dir) / FOLDER), is_default=True)
+    ensure_model_folder(FOLDER)
     for shipped in sorted(PACK_MODELS_DIR.glob("*/")):
         folder_paths.add_model_folder_path(FOLDER, str(shipped))
 

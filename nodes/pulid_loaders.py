@@ -10,6 +10,8 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from .model_folders import ensure_model_folder
+
 PULID_FOLDER = "pulid"
 INSIGHTFACE_FOLDER = "insightface"
 EVA_FOLDERS = ("clip_vision", "clip")
@@ -40,19 +42,14 @@ class PulidModel:
 
 def register_pulid_folders() -> None:
     """models/pulid and models/insightface in the user's ComfyUI (kept if the user already configured them)."""
-    for name in (PULID_FOLDER, INSIGHTFACE_FOLDER):
-        if name not in folder_paths.folder_names_and_paths:
-            folder_paths.add_model_folder_path(name, str(Path(folder_paths.models_dir) / name), is_default=True)
-    paths, extensions = folder_paths.folder_names_and_paths[PULID_FOLDER]
-    extensions.update(WEIGHT_EXTENSIONS)
+    ensure_model_folder(PULID_FOLDER, extensions=WEIGHT_EXTENSIONS)
+    ensure_model_folder(INSIGHTFACE_FOLDER)
 
 
 def register_face_parsing_folders() -> None:
     """models/facexlib and models/facedetection (kept if already configured), listing weight files."""
     for name in FACE_PARSING_FOLDERS:
-        if name not in folder_paths.folder_names_and_paths:
-            folder_paths.add_model_folder_path(name, str(Path(folder_paths.models_dir) / name), is_default=True)
-        folder_paths.folder_names_and_paths[name][1].update(WEIGHT_EXTENSIONS)
+        ensure_model_folder(name, extensions=WEIGHT_EXTENSIONS)
 
 
 def face_parsing_files() -> list[str]:

@@ -35,6 +35,7 @@ from ..safety.identity import (
     save_gallery,
 )
 from ..safety.prompts import builtin_prompts, class_label_for_prompt, read_prompt_file, sexualises_minors
+from .model_folders import ensure_model_folder
 from .pack_models import CLASS_LABEL_KEY, FMNIST_CLASSES, PackEDMModel
 from .presets import PRESET_TOOLTIP, PRESETS, preset_sigmas
 from .pulid_loaders import insightface_packs
@@ -58,9 +59,7 @@ def register_folders() -> None:
     """models/onestep_safety/prompts (.jsonl) and models/onestep_safety/identities (.safetensors)."""
     for name, sub, extensions in ((PROMPTS_FOLDER, "prompts", {".jsonl"}),
                                   (IDENTITIES_FOLDER, "identities", {".safetensors"})):
-        if name not in folder_paths.folder_names_and_paths:
-            path = str(Path(folder_paths.models_dir) / "onestep_safety" / sub)
-            folder_paths.folder_names_and_paths[name] = ([path], extensions)
+        ensure_model_folder(name, Path(folder_paths.models_dir) / "onestep_safety" / sub, extensions)
 
 
 register_folders()
