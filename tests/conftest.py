@@ -5,6 +5,7 @@ pack's relative imports resolve the same way everywhere.
 """
 
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,6 +20,13 @@ _pack_loader.load_pack()
 
 # Helpers shared by the tiers and the tools (comfy_host, comfy_server, random_models) import by plain name.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+
+def pytest_report_header(config):
+    """Say the free disk up front: a first run writes ~6 GB of random model files, and a full disk otherwise
+    shows up as dozens of fixture errors."""
+    free_gib = shutil.disk_usage(Path(__file__).resolve().parents[1]).free / 2**30
+    return f"onestep: {free_gib:.1f} GiB free beside the clone (a first run caches ~6 GB under .cache/models)"
 
 
 @pytest.fixture(scope="module")

@@ -38,10 +38,13 @@ def test_diffusers_layout_student_loads_to_the_same_weights(students):
     reference, _ = OneStepLoadStudent.execute("comfy_layout.safetensors").result
     to_comfy = comfy.utils.unet_to_diffusers(reference.model.model_config.unet_config)
     comfy_weights = load_file(comfy_file)
+    diffusers_file = folder / "diffusers_layout.safetensors"
     save_file({diffusers: comfy_weights[key] for diffusers, key in to_comfy.items() if key in comfy_weights},
-              str(folder / "diffusers_layout.safetensors"), metadata=STUDENT_METADATA)
-
-    model, _ = OneStepLoadStudent.execute("diffusers_layout.safetensors").result
+              str(diffusers_file), metadata=STUDENT_METADATA)
+    try:
+        model, _ = OneStepLoadStudent.execute("diffusers_layout.safetensors").result
+    finally:
+        diffusers_file.unlink()  # 1.7 GB: CI machines share their disk
     expected = reference.model.diffusion_model.state_dict()
     loaded = model.model.diffusion_model.state_dict()
     assert loaded.keys() == expected.keys()
