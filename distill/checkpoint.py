@@ -370,12 +370,21 @@ def _verified_tensors(path: Path, filename: str, expected: dict) -> dict[str, to
 
 
 def load_checkpoint(
-    path: Path, config: dict | None = None, signature: dict | None = None, ignore_config_keys: Iterable[str] = ()
+    path: Path,
+    config: dict | None = None,
+    signature: dict | None = None,
+    ignore_config_keys: Iterable[str] = (),
+    config_defaults: dict | None = None,
 ) -> LoadedCheckpoint:
-    """Read and verify a checkpoint folder; refuse it if its config or network signature differ."""
+    """Read and verify a checkpoint folder; refuse it if its config or network signature differ.
+
+    A config key missing from the checkpoint reads as its value in ``config_defaults``: a run saved before a
+    setting existed ran as that setting's default does.
+    """
     path = Path(path)
     manifest = _read_manifest(path)
-    if config is not None and (problem := _first_difference(config, manifest["config"], ignore_config_keys)):
+    recorded = (config_defaults or {}) | manifest["config"]
+    if config is not None and (problem := _first_difference(config, recorded, ignore_config_keys)):
         raise CheckpointMismatch(f"checkpoint {path} comes from a different config: {problem}")
     if signature is not None and (problem := _first_difference(signature, manifest["signature"])):
         raise CheckpointMismatch(f"checkpoint {path} comes from a different network: {problem}")

@@ -546,7 +546,8 @@ class Distiller:
         folder = path if (path / STATE_FILE).exists() else latest_checkpoint(path)
         if folder is None:
             raise CheckpointError(f"no checkpoint found in {path}")
-        loaded = load_checkpoint(folder, self.config.to_dict(), self.network_signature(), DistillConfig.RESUMABLE)
+        loaded = load_checkpoint(folder, self.config.to_dict(), self.network_signature(), DistillConfig.RESUMABLE,
+                                 config_defaults=DistillConfig().to_dict())
         load_full_state_dict(self.generator, loaded.weights["generator"])
         load_full_state_dict(self.fake_score, loaded.weights["fake_score"])
         self.ema.load_state_dict(loaded.weights["generator_ema"])

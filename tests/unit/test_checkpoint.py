@@ -147,6 +147,17 @@ def test_config_mismatch_is_refused_naming_the_key(tmp_path):
     assert load_checkpoint(folder, CONFIG | {"steps": 99}, ignore_config_keys=["steps"]).step == 1
 
 
+def test_a_setting_newer_than_the_checkpoint_reads_as_its_default(tmp_path):
+    model, optimizer = trained_model_and_optimizer()
+    folder = save(tmp_path, 1, model, optimizer)
+    defaults = {"lora_rank": 0}
+    assert load_checkpoint(folder, CONFIG | {"lora_rank": 0}, config_defaults=defaults).step == 1
+    with pytest.raises(CheckpointMismatch, match="'lora_rank' is 0 in the checkpoint, 8 here"):
+        load_checkpoint(folder, CONFIG | {"lora_rank": 8}, config_defaults=defaults)
+    with pytest.raises(CheckpointMismatch, match="'lora_rank' is missing in the checkpoint"):
+        load_checkpoint(folder, CONFIG | {"lora_rank": 0})
+
+
 def test_network_mismatch_is_refused_naming_the_parameter(tmp_path):
     model, optimizer = trained_model_and_optimizer()
     folder = save(tmp_path, 1, model, optimizer)

@@ -111,6 +111,21 @@ def test_resume_refuses_another_config_but_accepts_more_steps(tmp_path):
     assert len(longer.train()) == 3
 
 
+def test_a_run_saved_before_the_memory_settings_existed_resumes(tmp_path):
+    make_distiller(config(steps=2)).train(run_dir=tmp_path)
+    state_file = latest_checkpoint(tmp_path) / "state.json"
+    state = json.loads(state_file.read_text())
+    for key in ("grad_accumulation", "gradient_checkpointing", "fused_adamw", "lora_rank"):
+        del state["config"][key]
+    state_file.write_text(json.dumps(state))
+
+    longer = make_distiller(config(steps=3))
+    longer.resume(tmp_path)
+    assert len(longer.train()) == 1
+    with pytest.raises(CheckpointMismatch, match="'lora_rank' is 0 in the checkpoint, 4 here"):
+        make_distiller(config(steps=3, lora_rank=4)).resume(tmp_path)
+
+
 def test_resume_refuses_another_network(tmp_path):
     make_distiller(config(steps=1)).train(run_dir=tmp_path)
     with pytest.raises(CheckpointMismatch, match="different network: 'fake_score.net.0.bias'"):
