@@ -32,6 +32,32 @@ def output_folder(tmp_path):
     folder_paths.set_output_directory(previous)
 
 
+@pytest.fixture
+def model_folder():
+    """register(kind, path, is_default=False): a temporary model folder known to ComfyUI for this test only."""
+    import folder_paths
+
+    added = []
+
+    def register(kind: str, path, is_default: bool = False) -> None:
+        folder_paths.add_model_folder_path(kind, str(path), is_default=is_default)
+        added.append((kind, str(path)))
+
+    yield register
+    for kind, path in added:
+        folder_paths.folder_names_and_paths[kind][0].remove(path)
+
+
+@pytest.fixture(autouse=True)
+def fresh_file_lists():
+    """Drop ComfyUI's file-list cache after each test: an entry for a temporary folder deleted after its test makes
+    every later listing of that kind raise FileNotFoundError (folder_paths checks the cached folders' mtimes)."""
+    import folder_paths
+
+    yield
+    folder_paths.filename_list_cache.clear()
+
+
 @pytest.fixture(scope="module")
 def tiny_edm_network():
     """A small random class-conditional EDM network (its zero-initialised output layers perturbed, so F shows)."""

@@ -97,9 +97,9 @@ def test_ddpm_unets_distill_with_text_prompts_into_sid_lsg_students(tiny_sd15, c
     assert torch.isfinite(latent["samples"]).all()
 
 
-def test_saved_pack_student_loads_back_with_its_preset(pack_teacher, tmp_path):
+def test_saved_pack_student_loads_back_with_its_preset(pack_teacher, tmp_path, model_folder):
     student = train(pack_teacher, labels(), run_name="save")[0]
-    folder_paths.add_model_folder_path("onestep", str(tmp_path / "models"), is_default=True)
+    model_folder("onestep", tmp_path / "models", is_default=True)
     path = OneStepSaveStudent.execute(student, "tiny_student").result[0]
     loaded = OneStepLoadPackModel.execute("tiny_student.safetensors").result[0]
     assert path.endswith("tiny_student.safetensors")

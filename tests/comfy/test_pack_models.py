@@ -1,7 +1,6 @@
 """The pack's EDM networks as ComfyUI MODELs: same denoiser through ComfyUI, stock samplers, loader."""
 
 import comfy.sample
-import folder_paths
 import pytest
 import torch
 from onestep.distill.network_file import save_network
@@ -39,10 +38,10 @@ def test_class_labels_reach_the_network_and_stock_samplers_run(tiny_edm_network)
     assert image.shape == (1, 28, 28, 3) and 0 <= float(image.min()) and float(image.max()) <= 1
 
 
-def test_loader_reads_pack_network_files_and_refuses_others(tiny_edm_network, tmp_path):
+def test_loader_reads_pack_network_files_and_refuses_others(tiny_edm_network, tmp_path, model_folder):
     save_network(tmp_path / "tiny_teacher.safetensors", tiny_edm_network, {"steps": 1})
     (tmp_path / "not_a_network.safetensors").write_bytes(b"\x00" * 16)
-    folder_paths.add_model_folder_path("onestep", str(tmp_path))
+    model_folder("onestep", tmp_path)
     model = OneStepLoadPackModel.execute("tiny_teacher.safetensors").result[0]
     assert model.get_model_object("latent_format").latent_channels == 1
     with pytest.raises(Exception, match="not an EDM network saved by this pack"):
