@@ -7,6 +7,7 @@ shortens the half-life early in training), or a plain per-step ``beta``.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -28,7 +29,11 @@ def ramped_halflife_nimg(halflife_kimg: float, cur_nimg: int, rampup_ratio: floa
 
 
 class EMA:
-    """A frozen copy of a module whose floating-point weights and buffers trail the live ones."""
+    """A frozen copy of a module whose floating-point weights and buffers trail the live ones.
+
+    ``constant`` parameters never change (a LoRA student's base weights): the copy shares them instead of holding
+    its own, and the update leaves them alone (their average is themselves).
+    """
 
     def __init__(
         self,
@@ -36,13 +41,19 @@ class EMA:
         halflife_kimg: float | None = 0.5,
         rampup_ratio: float | None = 0.05,
         beta: float | None = None,
+        constant: Iterable[nn.Parameter] = (),
     ):
         if (halflife_kimg is None) == (beta is None):
             raise ValueError("EMA needs exactly one of halflife_kimg and beta")
         self.halflife_kimg = halflife_kimg
         self.rampup_ratio = rampup_ratio
         self.beta = beta
-        self.module = copy.deepcopy(module).eval().requires_grad_(False)
+        shared = {id(parameter): parameter for parameter in constant}
+        self.module = copy.deepcopy(module, memo=dict(shared)).eval()
+        self._constant = set(shared)
+        for parameter in self.module.parameters():
+            if id(parameter) not in self._constant:
+                parameter.requires_grad_(False)
 
     def decay(self, batch_size: int, cur_nimg: int) -> float:
         """This step's beta: the fixed one, or the half-life rule after ``cur_nimg`` images."""
@@ -56,6 +67,8 @@ class EMA:
         beta = self.decay(batch_size, cur_nimg)
         live = dict(module.named_parameters()) | dict(module.named_buffers())
         for name, average in list(self.module.named_parameters()) + list(self.module.named_buffers()):
+            if id(average) in self._constant:
+                continue
             source = full_tensor(live[name].detach())  # a sharded (FSDP) network's weights, gathered whole
             if average.is_floating_point():
                 average.copy_(source.lerp(average, beta))

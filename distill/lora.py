@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 
 LORA_LAYERS = (nn.Linear, nn.Conv2d)
@@ -14,15 +15,36 @@ def lora_targets(module: nn.Module) -> list[str]:
     return [name for name, layer in module.named_modules() if name and isinstance(layer, LORA_LAYERS)]
 
 
-def add_lora_adapters(module: nn.Module, rank: int, targets: list[str] | None = None) -> nn.Module:
-    """Inject rank-``rank`` LoRA adapters (Hu et al. 2021) in place; only the adapters stay trainable."""
+def adapter_bytes(module: nn.Module, rank: int) -> int:
+    """Bytes of the rank-``rank`` adapters add_lora_adapters puts on ``module``: A (rank x fan-in) and
+    B (fan-out x rank) per layer, in the layer's dtype."""
+    total = 0
+    for name in lora_targets(module):
+        weight = module.get_submodule(name).weight
+        total += rank * (weight[0].numel() + weight.shape[0]) * weight.element_size()
+    return total
+
+
+def add_lora_adapters(module: nn.Module, rank: int, seed: int = 0, targets: list[str] | None = None) -> nn.Module:
+    """Inject rank-``rank`` LoRA adapters (Hu et al. 2021) in place; only the adapters stay trainable. peft draws
+    their initial A matrices from the global RNG: they are drawn here from ``seed``, so every process and every
+    resume starts from the same adapters, and the caller's RNG is left as it was."""
     from peft import LoraConfig, inject_adapter_in_model  # optional dependency: only LoRA runs need it
 
     targets = lora_targets(module) if targets is None else targets
     if not targets:
         raise ValueError(f"{type(module).__name__} has no Linear or Conv2d layer to put LoRA adapters on")
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, lora_dropout=0.0)
-    return inject_adapter_in_model(config, module)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return inject_adapter_in_model(config, module)
+
+
+def lora_student(teacher: nn.Module, rank: int, seed: int = 0) -> nn.Module:
+    """A copy of the teacher with LoRA adapters whose frozen base weights are the teacher's own tensors (not
+    copies): generator, fake score and their EMA then hold one network between them, plus adapters."""
+    own_weights = {id(parameter): parameter for parameter in teacher.parameters()}
+    return add_lora_adapters(copy.deepcopy(teacher, memo=own_weights), rank, seed)
 
 
 def has_lora(module: nn.Module) -> bool:

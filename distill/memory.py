@@ -44,7 +44,11 @@ def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def training_memory_bytes(network_bytes: int, trainable_bytes: int) -> int:
+def training_memory_bytes(network_bytes: int, adapter_bytes: int = 0) -> int:
     """Bytes of a run's copies, activations aside: teacher, generator, fake score and EMA (4 networks), and for the
-    trainable weights of generator and fake score a gradient and Adam's two moments each (6 x trainable)."""
-    return 4 * network_bytes + 6 * trainable_bytes
+    weights of generator and fake score a gradient and Adam's two moments each (6 more). With LoRA adapters
+    (``adapter_bytes`` per network) the students and their EMA share the teacher's weights: one network, and the
+    adapters of generator, fake score and EMA with the gradients and moments of the first two (9 x adapters)."""
+    if adapter_bytes:
+        return network_bytes + 9 * adapter_bytes
+    return 10 * network_bytes

@@ -30,7 +30,7 @@ from .checkpoint import (
 )
 from .conditions import slice_rows
 from .ema import EMA
-from .lora import add_lora_adapters, has_lora
+from .lora import add_lora_adapters, has_lora, lora_student
 from .losses import (
     LSGScales,
     drop_prompts,
@@ -232,6 +232,14 @@ def checkpointable_blocks(network: nn.Module) -> list[nn.Module]:
     return network.checkpointable_blocks()
 
 
+def _teacher_weights_in(network: nn.Module, teacher: Any) -> list[nn.Parameter]:
+    """The parameters of ``network`` that are the teacher's own tensors (a LoRA student's base weights)."""
+    if not isinstance(teacher, nn.Module):
+        return []
+    teacher_ids = {id(parameter) for parameter in teacher.parameters()}
+    return [parameter for parameter in network.parameters() if id(parameter) in teacher_ids]
+
+
 def _module_or_none(net: Any) -> nn.Module | None:
     return net if isinstance(net, nn.Module) else None
 
@@ -259,21 +267,19 @@ class Distiller:
         if {lsg.train_fake, lsg.eval_fake, lsg.eval_real} != {1.0} and (cond_sampler is None or uncond is None):
             raise ValueError("SiD-LSG guidance (a k != 1) needs a cond_sampler and an unconditional input (uncond)")
         self.config = config
-        self.generator = generator if generator is not None else copy.deepcopy(teacher)
-        self.fake_score = fake_score if fake_score is not None else copy.deepcopy(teacher)
+        self.sharded = fsdp and world_size > 1
         self.teacher = teacher
         if isinstance(teacher, nn.Module):
             teacher.eval().requires_grad_(False)
-        if config.lora_rank:
-            for network in (self.generator, self.fake_score):
-                add_lora_adapters(network, config.lora_rank)
+        self.generator = self._student(generator)
+        self.fake_score = self._student(fake_score)
         reference = next(self.generator.parameters())
         self.device, self.dtype = reference.device, reference.dtype
-        self.ema = EMA(self.generator, config.ema_halflife_kimg, config.ema_rampup_ratio, config.ema_beta)
+        self.ema = EMA(self.generator, config.ema_halflife_kimg, config.ema_rampup_ratio, config.ema_beta,
+                       constant=_teacher_weights_in(self.generator, teacher))
         if config.gradient_checkpointing:
             for network in (self.generator, self.fake_score):
                 checkpoint_blocks(network, checkpointable_blocks(network))
-        self.sharded = fsdp and world_size > 1
         if self.sharded:  # before the optimizers: sharding replaces the parameters
             for network in (self.generator, self.fake_score):
                 shard_network(network)
@@ -509,6 +515,15 @@ class Distiller:
             if on_checkpoint is not None:
                 on_checkpoint(self.step)
         return history
+
+    def _student(self, given: nn.Module | None) -> nn.Module:
+        """The given network, or a copy of the teacher; with LoRA, adapters on it. A LoRA copy shares the teacher's
+        (frozen) base weights, except under FSDP, which replaces the weights of the modules it shards."""
+        rank, seed = self.config.lora_rank, self.config.seed
+        if given is None and rank and not self.sharded:
+            return lora_student(self.teacher, rank, seed)
+        network = given if given is not None else copy.deepcopy(self.teacher)
+        return add_lora_adapters(network, rank, seed) if rank else network
 
     # --- checkpoints -------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from comfy_api.latest import io
 from ..distill.checkpoint import latest_checkpoint
 from ..distill.conditions import condition_rows, condition_to, expand_rows, map_condition, take_rows
 from ..distill.job import write_job
-from ..distill.lora import has_lora, merged_copy
+from ..distill.lora import adapter_bytes, has_lora, merged_copy
 from ..distill.memory import tensor_bytes, training_memory_bytes
 from ..distill.networks import EDMDenoiser
 from ..distill.one_step import SIGMA_INIT_EDM, TIMESTEP_INIT_SID_LSG
@@ -247,8 +247,9 @@ class OneStepDistillConfig(io.ComfyNode):
                                          "falls back to the unfused one where the device has no fused kernel."),
                 io.Int.Input("lora_rank", default=0, min=0, max=1024, optional=True,
                              tooltip="0: train every weight. > 0: train LoRA adapters of this rank on the "
-                                     "generator's and fake score's linear and conv layers (base weights frozen); "
-                                     "the saved student has them merged in. Needs peft."),
+                                     "generator's and fake score's linear and conv layers; their frozen base "
+                                     "weights are the teacher's own (one copy of the network instead of four). The "
+                                     "saved student has the adapters merged in. Needs peft."),
             ],
             outputs=[CONFIG.Output(tooltip="Connect to OneStep Distill Trainer.")],
         )
@@ -416,8 +417,7 @@ def run_settings(teacher, prompts: PromptSet, config: dict) -> tuple[DistillConf
 def training_memory(teacher, settings: DistillConfig) -> int:
     """Bytes the run's copies of the teacher and the optimizer state take (activations aside)."""
     network = teacher.model.diffusion_model
-    network_bytes = tensor_bytes(network.parameters())
-    return training_memory_bytes(network_bytes, 0 if settings.lora_rank else network_bytes)
+    return training_memory_bytes(tensor_bytes(network.parameters()), adapter_bytes(network, settings.lora_rank))
 
 
 def reserve_training_memory(teacher, settings: DistillConfig) -> None:

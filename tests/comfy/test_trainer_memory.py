@@ -1,11 +1,13 @@
 """The trainer's memory options on ComfyUI UNets: LoRA students saved merged, gradient checkpointing of the UNet's
 blocks, and the copies announced to ComfyUI's model management."""
 
+import copy
+
 import comfy.model_management
 import comfy.utils
-import folder_paths
 import pytest
 import torch
+from onestep.distill.lora import add_lora_adapters
 from onestep.distill.memory import checkpoint_blocks
 from onestep.nodes.distill_trainer import ComfyDenoiser, PromptSet, trainable_copy
 from onestep.nodes.students import OneStepSaveStudent
@@ -22,9 +24,9 @@ def text_prompts():
     return PromptSet(torch.randn(3, 7, 32), torch.zeros(1, 7, 32), "text")
 
 
-def test_lora_student_is_saved_merged_as_plain_unet_weights(tiny_sd15, tmp_path):
+def test_lora_student_is_saved_merged_as_plain_unet_weights(tiny_sd15, tmp_path, model_folder):
     student = train(tiny_sd15, text_prompts(), run_name="lora", lora_rank=2, **TEXT)[0]
-    folder_paths.add_model_folder_path("diffusion_models", str(tmp_path / "unets"), is_default=True)
+    model_folder("diffusion_models", tmp_path / "unets", is_default=True)
     path = OneStepSaveStudent.execute(student, "lora_student").result[0]
     saved = comfy.utils.load_torch_file(path, safe_load=True)
     assert saved.keys() == tiny_sd15.model.diffusion_model.state_dict().keys()
@@ -69,6 +71,10 @@ def test_the_teacher_is_loaded_with_room_for_the_copies_and_optimizer(tiny_sd15,
     train(tiny_sd15, text_prompts(), run_name=f"memory{lora_rank}", lora_rank=lora_rank, gradient_checkpointing=True,
           **TEXT)
     unet_bytes = sum(p.numel() * p.element_size() for p in tiny_sd15.model.diffusion_model.parameters())
-    # teacher, generator, fake score, EMA; plus gradient and two Adam moments of both students' weights
-    expected = 4 * unet_bytes + (0 if lora_rank else 6 * unet_bytes)
+    # teacher, generator, fake score, EMA, and a gradient and two Adam moments of both students' weights; LoRA
+    # students and their EMA share the teacher's weights, and only the adapters have copies, gradients and moments
+    adapters = sum(p.numel() * p.element_size() for name, p in
+                   add_lora_adapters(copy.deepcopy(tiny_sd15.model.diffusion_model), 2).named_parameters()
+                   if ".lora_" in name)
+    expected = unet_bytes + 9 * adapters if lora_rank else 10 * unet_bytes
     assert calls == [([tiny_sd15], {"memory_required": expected, "force_full_load": True})]

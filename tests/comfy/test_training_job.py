@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import folder_paths
 import pytest
 import torch
 from onestep.distill.job import LOSSES_FILE, STUDENT_FILE
@@ -43,7 +42,7 @@ def losses(job_dir: str) -> list[dict]:
     return [json.loads(line) for line in (Path(job_dir) / LOSSES_FILE).read_text().splitlines()]
 
 
-def test_two_processes_match_one_with_twice_the_batch(pack_teacher, pack_on_path):
+def test_two_processes_match_one_with_twice_the_batch(pack_teacher, pack_on_path, model_folder):
     two = OneStepExportTrainingJob.execute(pack_teacher, labels(), config(batch_size=2, **JOB_SETTINGS), "two").result
     one = OneStepExportTrainingJob.execute(pack_teacher, labels(), config(batch_size=4, **JOB_SETTINGS), "one").result
     assert "-m onestep.distill.cli" not in two[1] or two[1].startswith("torchrun --nproc_per_node")
@@ -56,7 +55,7 @@ def test_two_processes_match_one_with_twice_the_batch(pack_teacher, pack_on_path
         for name in ("fake_score", "generator"):
             assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-6), (a, b)
 
-    folder_paths.add_model_folder_path("onestep", two[0])
+    model_folder("onestep", two[0])
     student = OneStepLoadPackModel.execute(STUDENT_FILE).result[0]
     assert student.model_options[STUDENT_INFO_KEY].steps == 3
 
@@ -67,17 +66,25 @@ def test_two_processes_match_one_with_twice_the_batch(pack_teacher, pack_on_path
         assert torch.equal(weights(resumed)[key], value), key
 
 
-def test_sid_lsg_with_a_twice_called_fake_network_and_accumulation_matches_one_process(pack_teacher, pack_on_path):
-    """k1 != 1 calls the DDP-wrapped fake network twice per step (guided); two micro-batches exercise no_sync."""
-    lsg = dict(method="sid-lsg", k1_train_fake=2.0, k4_eval_real=1.5, k2_k3_eval_fake=1.5, **JOB_SETTINGS)
+@pytest.mark.parametrize("lora_rank", [0, 2])
+def test_sid_lsg_with_a_twice_called_fake_network_and_accumulation_matches_one_process(pack_teacher, pack_on_path,
+                                                                                       lora_rank):
+    """k1 != 1 calls the DDP-wrapped fake network twice per step (guided); two micro-batches exercise no_sync.
+    With LoRA, DDP wraps students whose frozen base weights are the teacher's own tensors."""
+    lsg = dict(method="sid-lsg", k1_train_fake=2.0, k4_eval_real=1.5, k2_k3_eval_fake=1.5, lora_rank=lora_rank,
+               **JOB_SETTINGS)
     two = OneStepExportTrainingJob.execute(pack_teacher, labels(), config(batch_size=1, grad_accumulation=2, **lsg),
-                                           "lsg_two").result[0]
-    one = OneStepExportTrainingJob.execute(pack_teacher, labels(), config(batch_size=4, **lsg), "lsg_one").result[0]
+                                           f"lsg_two{lora_rank}").result[0]
+    one = OneStepExportTrainingJob.execute(pack_teacher, labels(), config(batch_size=4, **lsg),
+                                           f"lsg_one{lora_rank}").result[0]
     run_job(two, 2, pack_on_path)
     run_job(one, 1, pack_on_path)
+    # LoRA's generator loss (~1e-3) is a small difference of the fake and real scores: float32 reduction-order noise
+    # between one and two processes shows in it at ~1e-3 relative (without DDP it is off by ~1e-2 at step 1)
+    generator_rel = 2e-3 if lora_rank else 1e-4
     for a, b in zip(losses(two), losses(one), strict=True):
-        for name in ("fake_score", "generator"):
-            assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-6), (a, b)
+        assert a["fake_score"] == pytest.approx(b["fake_score"], rel=1e-4, abs=1e-6), (a, b)
+        assert a["generator"] == pytest.approx(b["generator"], rel=generator_rel, abs=1e-6), (a, b)
 
 
 def test_fsdp_on_two_processes_matches_one_with_twice_the_batch_and_resumes(pack_teacher, pack_on_path):

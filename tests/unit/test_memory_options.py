@@ -1,12 +1,13 @@
 """Memory options of the Distiller: gradient accumulation, gradient checkpointing, fused AdamW, LoRA adapters,
 and conditions that are dicts of tensors (SDXL-style) through the core."""
 
+import copy
 import logging
 
 import pytest
 import torch
 from onestep.distill.conditions import slice_rows, take_rows
-from onestep.distill.lora import add_lora_adapters, merged_copy
+from onestep.distill.lora import adapter_bytes, add_lora_adapters, merged_copy
 from onestep.distill.losses import drop_prompts
 from onestep.distill.memory import adam, checkpoint_blocks
 from onestep.distill.networks import EDMDenoiser
@@ -160,6 +161,36 @@ def test_only_the_students_train_and_with_lora_only_their_adapters(lora_rank):
         else:
             assert trained == {n for n, _ in network.named_parameters()}
             assert changed
+
+
+def storage_bytes(*modules):
+    """Bytes of the distinct parameter storages the modules hold between them."""
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for m in modules for p in m.parameters()}
+    return sum(storages.values())
+
+
+def test_lora_students_and_their_ema_share_the_teachers_weights_and_train_as_copies_would(tmp_path):
+    shared = edm_distiller(edm_config(lora_rank=2, steps=3))
+    network_bytes = storage_bytes(shared.teacher)
+    adapters = sum(p.numel() * p.element_size() for n, p in shared.generator.named_parameters() if ".lora_" in n)
+    assert adapters == adapter_bytes(tiny_edm(), rank=2)
+    held = storage_bytes(shared.teacher, shared.generator, shared.fake_score, shared.ema.module)
+    assert held == network_bytes + 3 * adapters, "one network for all four, plus adapters (generator, fake, EMA)"
+    teacher_before = {k: v.clone() for k, v in shared.teacher.state_dict().items()}
+
+    teacher = tiny_edm()
+    copied = Distiller(teacher, edm_config(lora_rank=2, steps=3), generator=copy.deepcopy(teacher),
+                       fake_score=copy.deepcopy(teacher), cond_sampler=shared.cond_sampler, uncond=shared.uncond)
+    assert storage_bytes(copied.teacher, copied.generator, copied.fake_score, copied.ema.module) > 3 * network_bytes
+    assert shared.train(run_dir=tmp_path) == copied.train()
+    assert_teacher_untouched(shared, teacher_before)
+    assert max_difference(shared.ema.module, copied.ema.module) == 0.0
+    assert max_difference(merged_copy(shared.generator), merged_copy(copied.generator)) == 0.0
+
+    resumed = edm_distiller(edm_config(lora_rank=2, steps=3))
+    resumed.resume(tmp_path)
+    assert max_difference(resumed.ema.module, shared.ema.module) == 0.0
+    assert storage_bytes(resumed.teacher, resumed.generator, resumed.fake_score, resumed.ema.module) == held
 
 
 def test_merged_lora_copy_is_the_plain_network_with_the_adapters_output():
