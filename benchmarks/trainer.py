@@ -3,6 +3,7 @@
     python benchmarks/trainer.py                          # CPU: the pack's Fashion-MNIST-size EDM network, batch 8
     python benchmarks/trainer.py --model sd15 --device cuda --batch 8 --size 512 --precision bf16   # GPU, SD1.5
     python benchmarks/trainer.py --grad-checkpointing --lora-rank 8 --fused --grad-accumulation 2  # memory options
+    python benchmarks/trainer.py --model sd15 --size 64 --batch 1 --lora-rank 4 --methods sid   # SD1.5 LoRA, CPU
 
 Each method runs in its own process (so peak memory is its own): a few warm-up iterations, then timed ones.
 CPU peak memory is the process's maximum resident set; GPU peak memory is torch's peak allocation.
@@ -40,6 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lora-rank", type=int, default=0, help="LoRA adapters of this rank (0: full fine-tuning)")
     parser.add_argument("--fused", action="store_true", help="fused AdamW")
     parser.add_argument("--grad-accumulation", type=int, default=1, help="micro-batches of --batch per step")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="which methods to time")
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # set for the child processes
     return parser.parse_args(argv)
 
@@ -111,7 +113,7 @@ def main() -> int:
         print(json.dumps(measure(args)))
         return 0
     rows = []
-    for method in METHODS:
+    for method in args.methods:
         child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--method", method],
                                capture_output=True, text=True, check=True)
         rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
