@@ -104,7 +104,22 @@ def measure(args) -> dict:
     seconds = (time.perf_counter() - started) / args.iterations
     peak_gb = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"method": args.method, "s_per_it": seconds, "peak_gb": peak_gb}
+    return {"method": args.method, "s_per_it": seconds, "peak_gb": peak_gb,
+            "resident_gb": resident_gb() if device.type == "cpu" else None}
+
+
+def resident_gb() -> float:
+    """The process's resident set now (Linux): on the CPU the peak includes loading the model, this what training
+    holds after its iterations."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize() / 2**30
+
+
+def describe_row(row: dict) -> str:
+    text = f"{row['method']} {row['s_per_it']:.3f} s/it, {row['peak_gb']:.2f} GB"
+    if row["resident_gb"] is not None:
+        text += f" (held {row['resident_gb']:.2f} GB after the timed iterations)"
+    return text
 
 
 def main() -> int:
@@ -128,8 +143,9 @@ def main() -> int:
               "device": describe_device(device), "model": model, "batch": args.batch * args.grad_accumulation,
               "precision": args.precision, **options,
               "peak_memory": "max RSS of the process" if device.type == "cpu" else "torch peak allocated",
+              "resident_gb": rows[0]["resident_gb"],
               "per_method": rows}
-    summary = ", ".join(f"{r['method']} {r['s_per_it']:.3f} s/it, {r['peak_gb']:.2f} GB" for r in rows)
+    summary = ", ".join(describe_row(row) for row in rows)
     chosen = ", ".join(f"{k} {v}" for k, v in options.items() if v not in (False, 0, 1))
     load = f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores" if device.type == "cpu" else ""
     write_result("trainer", result, shlex.join(["python", "benchmarks/trainer.py", *sys.argv[1:]]),
