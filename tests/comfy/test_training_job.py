@@ -42,6 +42,19 @@ def losses(job_dir: str) -> list[dict]:
     return [json.loads(line) for line in (Path(job_dir) / LOSSES_FILE).read_text().splitlines()]
 
 
+def assert_same_losses(distributed: list[dict], single: list[dict], generator_rel: float = 1e-4) -> None:
+    """Step by step; a fake-score loss also depends on the generator's previous updates (through its samples)."""
+    for a, b in zip(distributed, single, strict=True):
+        assert a["fake_score"] == pytest.approx(b["fake_score"], rel=1e-4, abs=1e-6), (a, b)
+        assert a["generator"] == pytest.approx(b["generator"], rel=generator_rel, abs=1e-6), (a, b)
+
+
+# A LoRA generator loss (~1e-3) is a small difference of the fake and real scores: float32 reduction-order noise
+# between one and two processes shows in it at up to ~7e-3 relative (the fake-score losses agree to 1e-7). Two
+# processes without DDP's gradient averaging are off by ~1e-2 at step 1 and ~1e-1 at step 2, which fails.
+LORA_GENERATOR_REL = 1e-2
+
+
 def test_two_processes_match_one_with_twice_the_batch(pack_teacher, pack_on_path, model_folder):
     two = OneStepExportTrainingJob.execute(pack_teacher, labels(), config(batch_size=2, **JOB_SETTINGS), "two").result
     one = OneStepExportTrainingJob.execute(pack_teacher, labels(), config(batch_size=4, **JOB_SETTINGS), "one").result
@@ -49,11 +62,9 @@ def test_two_processes_match_one_with_twice_the_batch(pack_teacher, pack_on_path
     run_job(two[0], 2, pack_on_path)
     run_job(one[0], 1, pack_on_path)
 
-    distributed, single = losses(two[0]), losses(one[0])
+    distributed = losses(two[0])
     assert [row["step"] for row in distributed] == [1, 2, 3]
-    for a, b in zip(distributed, single):
-        for name in ("fake_score", "generator"):
-            assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-6), (a, b)
+    assert_same_losses(distributed, losses(one[0]))
 
     model_folder("onestep", two[0])
     student = OneStepLoadPackModel.execute(STUDENT_FILE).result[0]
@@ -79,12 +90,7 @@ def test_sid_lsg_with_a_twice_called_fake_network_and_accumulation_matches_one_p
                                            f"lsg_one{lora_rank}").result[0]
     run_job(two, 2, pack_on_path)
     run_job(one, 1, pack_on_path)
-    # LoRA's generator loss (~1e-3) is a small difference of the fake and real scores: float32 reduction-order noise
-    # between one and two processes shows in it at ~1e-3 relative (without DDP it is off by ~1e-2 at step 1)
-    generator_rel = 2e-3 if lora_rank else 1e-4
-    for a, b in zip(losses(two), losses(one), strict=True):
-        assert a["fake_score"] == pytest.approx(b["fake_score"], rel=1e-4, abs=1e-6), (a, b)
-        assert a["generator"] == pytest.approx(b["generator"], rel=generator_rel, abs=1e-6), (a, b)
+    assert_same_losses(losses(two), losses(one), LORA_GENERATOR_REL if lora_rank else 1e-4)
 
 
 def test_fsdp_on_two_processes_matches_one_with_twice_the_batch_and_resumes(pack_teacher, pack_on_path):
@@ -96,9 +102,7 @@ def test_fsdp_on_two_processes_matches_one_with_twice_the_batch_and_resumes(pack
                                            "fsdp_one").result[0]
     assert "2 process(es), networks sharded (FSDP), batch 4" in run_job(sharded, 2, pack_on_path, "--fsdp")
     run_job(one, 1, pack_on_path)
-    for a, b in zip(losses(sharded), losses(one), strict=True):
-        for name in ("fake_score", "generator"):
-            assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-6), (a, b)
+    assert_same_losses(losses(sharded), losses(one))
 
     longer = dict(JOB_SETTINGS, iterations=4)
     OneStepExportTrainingJob.execute(pack_teacher, labels(), config(batch_size=2, **longer), "fsdp")
@@ -113,6 +117,18 @@ def test_fsdp_on_two_processes_matches_one_with_twice_the_batch_and_resumes(pack
     resumed, _, _ = OneStepDistillTrainer.execute(pack_teacher, labels(), config(batch_size=2, **longer), "fsdp",
                                                   True).result
     assert resumed.model_options[STUDENT_INFO_KEY].steps == 4
+
+
+def test_fsdp_with_lora_checkpointing_and_fused_adamw_matches_one_process(pack_teacher, pack_on_path):
+    """Under FSDP the LoRA students keep their own base weights (sharding replaces the weights it shards)."""
+    memory = dict(lora_rank=2, gradient_checkpointing=True, fused_adamw=True, **JOB_SETTINGS)
+    sharded = OneStepExportTrainingJob.execute(pack_teacher, labels(), config(batch_size=2, **memory),
+                                               "fsdp_lora").result[0]
+    one = OneStepExportTrainingJob.execute(pack_teacher, labels(), config(batch_size=4, **memory),
+                                           "fsdp_lora_one").result[0]
+    run_job(sharded, 2, pack_on_path, "--fsdp")
+    run_job(one, 1, pack_on_path)
+    assert_same_losses(losses(sharded), losses(one), LORA_GENERATOR_REL)
 
 
 def test_only_pack_teachers_export(tiny_sd15):
