@@ -15,13 +15,13 @@ def lora_targets(module: nn.Module) -> list[str]:
     return [name for name, layer in module.named_modules() if name and isinstance(layer, LORA_LAYERS)]
 
 
-def adapter_bytes(module: nn.Module, rank: int) -> int:
-    """Bytes of the rank-``rank`` adapters add_lora_adapters puts on ``module``: A (rank x fan-in) and
-    B (fan-out x rank) per layer, in the layer's dtype."""
+def adapter_parameter_count(module: nn.Module, rank: int) -> int:
+    """Parameters of the rank-``rank`` adapters add_lora_adapters puts on ``module``: A (rank x fan-in) and
+    B (fan-out x rank) per layer."""
     total = 0
     for name in lora_targets(module):
         weight = module.get_submodule(name).weight
-        total += rank * (weight[0].numel() + weight.shape[0]) * weight.element_size()
+        total += rank * (weight[0].numel() + weight.shape[0])
     return total
 
 

@@ -40,10 +40,6 @@ def adam(params: Iterable[nn.Parameter], lr: float, betas: tuple, eps: float, fu
         return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=0.0)
 
 
-def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
 def training_memory_bytes(network_bytes: int, adapter_bytes: int = 0) -> int:
     """Bytes of a run's copies, activations aside: teacher, generator, fake score and EMA (4 networks), and for the
     weights of generator and fake score a gradient and Adam's two moments each (6 more). With LoRA adapters

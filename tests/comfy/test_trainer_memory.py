@@ -2,15 +2,20 @@
 blocks, and the copies announced to ComfyUI's model management."""
 
 import copy
+from pathlib import Path
 
 import comfy.model_management
+import comfy.supported_models
 import comfy.utils
+import comfy_host
 import pytest
 import torch
+from onestep.distill.checkpoint import latest_checkpoint
 from onestep.distill.lora import add_lora_adapters
 from onestep.distill.memory import checkpoint_blocks
 from onestep.nodes.distill_trainer import ComfyDenoiser, PromptSet, trainable_copy
 from onestep.nodes.students import OneStepSaveStudent
+from safetensors.torch import load_file
 from trainer_helpers import train, weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread is fastest on a busy CPU
@@ -78,3 +83,27 @@ def test_the_teacher_is_loaded_with_room_for_the_copies_and_optimizer(tiny_sd15,
                    if ".lora_" in name)
     expected = unet_bytes + 9 * adapters if lora_rank else 10 * unet_bytes
     assert calls == [([tiny_sd15], {"memory_required": expected, "force_full_load": True})]
+
+
+def tiny_sd15_in(dtype: torch.dtype):
+    """The tiny SD1.5 model as ComfyUI loads one on a GPU (fp16 / bf16 weights), its values bf16-representable."""
+    patcher = comfy_host.tiny_model_patcher(comfy.supported_models.SD15)
+    unet = patcher.model.diffusion_model
+    unet.to(torch.bfloat16).to(dtype)
+    unet.dtype = dtype
+    return patcher
+
+
+def test_a_half_precision_teacher_trains_float32_students_and_gives_a_student_in_its_dtype():
+    trained = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        teacher = tiny_sd15_in(dtype)
+        before = weights(teacher)
+        student, run_dir, _ = train(teacher, text_prompts(), run_name=f"dtype_{dtype}", **TEXT)
+        assert all(torch.equal(value, before[key]) for key, value in weights(teacher).items())
+        assert student.model.get_dtype() == dtype and {v.dtype for v in weights(student).values()} == {dtype}
+        trained[dtype] = load_file(latest_checkpoint(Path(run_dir)) / "generator_ema.safetensors")
+    # the same float32 run (before the fix the bf16 teacher's students trained in bf16)
+    assert {value.dtype for value in trained[torch.bfloat16].values()} == {torch.float32}
+    for key, value in trained[torch.float32].items():
+        assert torch.equal(trained[torch.bfloat16][key], value), key
