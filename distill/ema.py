@@ -7,12 +7,12 @@ shortens the half-life early in training), or a plain per-step ``beta``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import torch
 from torch import nn
 
-from .sharding import full_tensor
+from .sharding import full_state_dict, full_tensor, load_full_state_dict
 
 
 def ema_beta_from_halflife(batch_size: int, halflife_nimg: float) -> float:
@@ -76,8 +76,8 @@ class EMA:
                 average.copy_(source)
         return beta
 
-    def state_dict(self) -> dict:
-        return self.module.state_dict()
+    def state_dict(self, leave_out: Collection[str] = ()) -> dict:
+        return full_state_dict(self.module, leave_out)
 
-    def load_state_dict(self, state: dict) -> None:
-        self.module.load_state_dict(state)
+    def load_state_dict(self, state: dict, may_be_missing: Collection[str] = ()) -> None:
+        load_full_state_dict(self.module, state, may_be_missing)

@@ -51,6 +51,14 @@ def has_lora(module: nn.Module) -> bool:
     return any(".lora_A." in name for name, _ in module.named_parameters())
 
 
+def frozen_base_names(module: nn.Module) -> set[str]:
+    """A LoRA network's parameters other than its adapters: frozen at the teacher's values, so checkpoints leave
+    them out (a resume checks the teacher is the same). Empty for a network without LoRA."""
+    if not has_lora(module):
+        return set()
+    return {name for name, _ in module.named_parameters() if ".lora_" not in name}
+
+
 def merged_copy(module: nn.Module) -> nn.Module:
     """A copy with every LoRA adapter merged into its base layer and removed: the plain network's keys and output."""
     from peft.tuners.tuners_utils import BaseTunerLayer

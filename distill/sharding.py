@@ -7,6 +7,7 @@ trainer node, DDP jobs and FSDP jobs resume each other's runs.
 from __future__ import annotations
 
 import sys
+from collections.abc import Collection
 
 import torch
 from torch import Tensor, nn
@@ -39,8 +40,9 @@ def full_tensor(tensor: Tensor) -> Tensor:
     return tensor.full_tensor() if is_sharded(tensor) else tensor
 
 
-def full_state_dict(module: nn.Module) -> dict[str, Tensor]:
-    return {name: full_tensor(value) for name, value in module.state_dict().items()}
+def full_state_dict(module: nn.Module, leave_out: Collection[str] = ()) -> dict[str, Tensor]:
+    """The module's state dict as whole tensors, without the entries named in ``leave_out``."""
+    return {name: full_tensor(value) for name, value in module.state_dict().items() if name not in leave_out}
 
 
 def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
@@ -61,17 +63,17 @@ def _like(target: Tensor, source: Tensor) -> Tensor:
     return distribute_tensor(source, target.device_mesh, target.placements)
 
 
-def load_full_state_dict(module: nn.Module, state: dict[str, Tensor]) -> None:
-    """load_state_dict from whole tensors, into sharded parameters too."""
+def load_full_state_dict(module: nn.Module, state: dict[str, Tensor], may_be_missing: Collection[str] = ()) -> None:
+    """load_state_dict from whole tensors, into sharded parameters too; entries named in ``may_be_missing`` keep
+    their value when ``state`` lacks them (any other difference in keys is an error)."""
     own = module.state_dict()
-    if not any(is_sharded(value) for value in own.values()):
-        module.load_state_dict(state)
-        return
-    if own.keys() != state.keys():
-        raise KeyError(f"state dict keys differ: {sorted(set(own) ^ set(state))[:5]}")
+    missing, unexpected = set(own) - set(state) - set(may_be_missing), set(state) - set(own)
+    if missing or unexpected:
+        raise KeyError(f"state dict keys differ: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     with torch.no_grad():
         for name, target in own.items():
-            local_tensor(target).copy_(local_tensor(_like(target, state[name])))
+            if name in state:
+                local_tensor(target).copy_(local_tensor(_like(target, state[name])))
 
 
 def load_full_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:

@@ -30,7 +30,7 @@ from .checkpoint import (
 )
 from .conditions import slice_rows
 from .ema import EMA
-from .lora import add_lora_adapters, has_lora, lora_student
+from .lora import add_lora_adapters, frozen_base_names, has_lora, lora_student
 from .losses import (
     LSGScales,
     drop_prompts,
@@ -273,6 +273,9 @@ class Distiller:
             teacher.eval().requires_grad_(False)
         self.generator = self._student(generator)
         self.fake_score = self._student(fake_score)
+        # LoRA base weights stay the teacher's: checkpoints hold the adapters only
+        self.frozen_weight_names = {"generator": frozen_base_names(self.generator),
+                                    "fake_score": frozen_base_names(self.fake_score)}
         reference = next(self.generator.parameters())
         self.device, self.dtype = reference.device, reference.dtype
         self.ema = EMA(self.generator, config.ema_halflife_kimg, config.ema_rampup_ratio, config.ema_beta,
@@ -533,8 +536,10 @@ class Distiller:
 
     def save(self, run_dir: Path) -> Path:
         """Write a checkpoint of the whole run state into ``run_dir`` (atomically; rank 0 writes, all ranks call)."""
-        weights = {"generator": full_state_dict(self.generator), "fake_score": full_state_dict(self.fake_score),
-                   "generator_ema": self.ema.state_dict()}
+        frozen = self.frozen_weight_names
+        weights = {"generator": full_state_dict(self.generator, frozen["generator"]),
+                   "fake_score": full_state_dict(self.fake_score, frozen["fake_score"]),
+                   "generator_ema": self.ema.state_dict(frozen["generator"])}
         optimizers = {"generator": full_optimizer_state(self.opt_generator),
                       "fake_score": full_optimizer_state(self.opt_fake_score)}
         if self.rank != 0:
@@ -563,9 +568,10 @@ class Distiller:
             raise CheckpointError(f"no checkpoint found in {path}")
         loaded = load_checkpoint(folder, self.config.to_dict(), self.network_signature(), DistillConfig.RESUMABLE,
                                  config_defaults=DistillConfig().to_dict())
-        load_full_state_dict(self.generator, loaded.weights["generator"])
-        load_full_state_dict(self.fake_score, loaded.weights["fake_score"])
-        self.ema.load_state_dict(loaded.weights["generator_ema"])
+        frozen = self.frozen_weight_names
+        load_full_state_dict(self.generator, loaded.weights["generator"], frozen["generator"])
+        load_full_state_dict(self.fake_score, loaded.weights["fake_score"], frozen["fake_score"])
+        self.ema.load_state_dict(loaded.weights["generator_ema"], frozen["generator"])
         load_full_optimizer_state(self.opt_generator, loaded.optimizers["generator"])
         load_full_optimizer_state(self.opt_fake_score, loaded.optimizers["fake_score"])
         loaded.restore_rng({"noise": self.rng})

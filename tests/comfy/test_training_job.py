@@ -120,14 +120,19 @@ def test_fsdp_on_two_processes_matches_one_with_twice_the_batch_and_resumes(pack
 
 
 def test_fsdp_with_lora_checkpointing_and_fused_adamw_matches_one_process(pack_teacher, pack_on_path):
-    """Under FSDP the LoRA students keep their own base weights (sharding replaces the weights it shards)."""
+    """Under FSDP the LoRA students keep their own base weights (sharding replaces the weights it shards); the
+    checkpoints hold the adapters only, and the sharded run resumes from them."""
     memory = dict(lora_rank=2, gradient_checkpointing=True, fused_adamw=True, **JOB_SETTINGS)
-    sharded = OneStepExportTrainingJob.execute(pack_teacher, labels(), config(batch_size=2, **memory),
-                                               "fsdp_lora").result[0]
-    one = OneStepExportTrainingJob.execute(pack_teacher, labels(), config(batch_size=4, **memory),
-                                           "fsdp_lora_one").result[0]
-    run_job(sharded, 2, pack_on_path, "--fsdp")
-    run_job(one, 1, pack_on_path)
+    for iterations in (3, 4):  # the second export continues both runs by one step
+        sharded = OneStepExportTrainingJob.execute(pack_teacher, labels(),
+                                                   config(batch_size=2, **(memory | {"iterations": iterations})),
+                                                   "fsdp_lora").result[0]
+        one = OneStepExportTrainingJob.execute(pack_teacher, labels(),
+                                               config(batch_size=4, **(memory | {"iterations": iterations})),
+                                               "fsdp_lora_one").result[0]
+        run_job(sharded, 2, pack_on_path, "--fsdp")
+        run_job(one, 1, pack_on_path)
+    assert [row["step"] for row in losses(sharded)] == [1, 2, 3, 4]
     assert_same_losses(losses(sharded), losses(one), LORA_GENERATOR_REL)
 
 

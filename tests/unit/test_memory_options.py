@@ -6,12 +6,14 @@ import logging
 
 import pytest
 import torch
+from onestep.distill.checkpoint import latest_checkpoint
 from onestep.distill.conditions import slice_rows, take_rows
 from onestep.distill.lora import adapter_parameter_count, add_lora_adapters, merged_copy
 from onestep.distill.losses import drop_prompts
 from onestep.distill.memory import adam, checkpoint_blocks
 from onestep.distill.networks import EDMDenoiser
 from onestep.distill.training import DistillConfig, Distiller
+from safetensors.torch import load_file
 from training_helpers import TinyDenoiser, config
 
 EDM_SHAPE = (1, 8, 8)
@@ -191,6 +193,22 @@ def test_lora_students_and_their_ema_share_the_teachers_weights_and_train_as_cop
     resumed.resume(tmp_path)
     assert max_difference(resumed.ema.module, shared.ema.module) == 0.0
     assert storage_bytes(resumed.teacher, resumed.generator, resumed.fake_score, resumed.ema.module) == held
+
+
+def test_lora_checkpoints_hold_the_adapters_and_resume_exactly(tmp_path):
+    uninterrupted = edm_distiller(edm_config(lora_rank=2, steps=4)).train()
+    edm_distiller(edm_config(lora_rank=2, steps=2)).train(run_dir=tmp_path)
+    saved = load_file(latest_checkpoint(tmp_path) / "generator.safetensors")
+    assert saved and all(".lora_A." in key or ".lora_B." in key for key in saved), sorted(saved)[:3]
+
+    for separate_copies in (False, True):  # shared base weights, or the students' own (as under FSDP)
+        teacher = tiny_edm()
+        students = dict(generator=copy.deepcopy(teacher), fake_score=copy.deepcopy(teacher)) if separate_copies else {}
+        resumed = Distiller(teacher, edm_config(lora_rank=2, steps=4), **students,
+                            cond_sampler=lambda n, g: LABELS[torch.randint(10, (n,), generator=g)],
+                            uncond=torch.tensor([10]))
+        resumed.resume(tmp_path)
+        assert resumed.train() == uninterrupted[2:]
 
 
 def test_merged_lora_copy_is_the_plain_network_with_the_adapters_output():
