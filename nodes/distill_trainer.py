@@ -195,14 +195,12 @@ def check_teacher(teacher, prompts: PromptSet) -> tuple[str, float, str, PromptS
 
 def student_patcher(teacher, generator: torch.nn.Module, info: StudentInfo):
     """The (EMA) generator as a ComfyUI MODEL that OneStep Generate samples with the stored preset (LoRA merged)."""
-    if has_lora(generator):
-        with torch.inference_mode(False):
-            generator = merged_copy(generator)
+    with torch.inference_mode(False):  # a copy of the live EMA network, with LoRA adapters merged in
+        generator = merged_copy(generator) if has_lora(generator) else copy.deepcopy(generator)
     if isinstance(generator, EDMDenoiser):
         student = edm_model_patcher(generator)
     else:
-        with torch.inference_mode(False):
-            base_model = copy.deepcopy(generator.base_model).requires_grad_(False).eval()
+        base_model = generator.base_model.requires_grad_(False).eval()
         set_unet_dtype(base_model, teacher.model.get_dtype(), teacher.model.manual_cast_dtype)  # as the teacher runs
         student = comfy.model_patcher.ModelPatcher(base_model, load_device=teacher.load_device,
                                                    offload_device=teacher.offload_device)

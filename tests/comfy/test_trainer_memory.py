@@ -107,3 +107,17 @@ def test_a_half_precision_teacher_trains_float32_students_and_gives_a_student_in
     assert {value.dtype for value in trained[torch.bfloat16].values()} == {torch.float32}
     for key, value in trained[torch.float32].items():
         assert torch.equal(trained[torch.bfloat16][key], value), key
+
+
+def test_bf16_autocast_computes_in_bf16_and_keeps_float32_weights_and_adam_state(tiny_sd15):
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        _, run_dir, _ = train(tiny_sd15, text_prompts(), run_name=f"precision_{precision}", precision=precision,
+                              **TEXT)
+        runs[precision] = {name: load_file(latest_checkpoint(Path(run_dir)) / f"{name}.safetensors")
+                           for name in ("generator", "optimizers")}
+    bf16 = runs["bf16"]
+    assert {v.dtype for part in bf16.values() for v in part.values() if v.is_floating_point()} == {torch.float32}
+    assert all(torch.isfinite(v).all() for v in bf16["generator"].values())
+    differs = [k for k, v in runs["fp32"]["generator"].items() if not torch.equal(v, bf16["generator"][k])]
+    assert differs, "the bf16 run computed differently (autocast took effect)"
