@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from .checkpoint import latest_checkpoint
 from .job import LOSSES_FILE, STUDENT_FILE, read_job
+from .lora import has_lora, merged_copy
 from .network_file import save_network
 from .training import Distiller
 
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
         distiller.train(job.folder, on_progress=on_progress)  # every rank takes part in a save, rank 0 writes
         if rank == 0:
-            save_network(job.folder / STUDENT_FILE, distiller.ema.module,
+            ema = distiller.ema.module
+            save_network(job.folder / STUDENT_FILE, merged_copy(ema) if has_lora(ema) else ema,
                          {"preset": "custom-sigma", "sigma": job.config.init_sigma, "method": job.config.method,
                           "teacher": job.config.teacher_id, "steps": distiller.step})
             # custom-sigma at init_sigma is what "edm" means when init_sigma is 2.5; it also covers other values

@@ -119,9 +119,9 @@ def test_fsdp_on_two_processes_matches_one_with_twice_the_batch_and_resumes(pack
     assert resumed.model_options[STUDENT_INFO_KEY].steps == 4
 
 
-def test_fsdp_with_lora_checkpointing_and_fused_adamw_matches_one_process(pack_teacher, pack_on_path):
+def test_fsdp_with_lora_checkpointing_and_fused_adamw_matches_one_process(pack_teacher, pack_on_path, model_folder):
     """Under FSDP the LoRA students keep their own base weights (sharding replaces the weights it shards); the
-    checkpoints hold the adapters only, and the sharded run resumes from them."""
+    checkpoints hold the adapters only, the sharded run resumes from them, and the student file is merged."""
     memory = dict(lora_rank=2, gradient_checkpointing=True, fused_adamw=True, **JOB_SETTINGS)
     for iterations in (3, 4):  # the second export continues both runs by one step
         sharded = OneStepExportTrainingJob.execute(pack_teacher, labels(),
@@ -134,6 +134,10 @@ def test_fsdp_with_lora_checkpointing_and_fused_adamw_matches_one_process(pack_t
         run_job(one, 1, pack_on_path)
     assert [row["step"] for row in losses(sharded)] == [1, 2, 3, 4]
     assert_same_losses(losses(sharded), losses(one), LORA_GENERATOR_REL)
+    model_folder("onestep", sharded)
+    student = OneStepLoadPackModel.execute(STUDENT_FILE).result[0]
+    assert weights(student).keys() == weights(pack_teacher).keys(), "plain network keys: the adapters merged"
+    assert any(not torch.equal(value, weights(pack_teacher)[key]) for key, value in weights(student).items())
 
 
 def test_only_pack_teachers_export(tiny_sd15):
