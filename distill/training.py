@@ -535,7 +535,8 @@ class Distiller:
         return network_signature({name: net for name, net in nets.items() if net is not None})
 
     def save(self, run_dir: Path) -> Path:
-        """Write a checkpoint of the whole run state into ``run_dir`` (atomically; rank 0 writes, all ranks call)."""
+        """Write a checkpoint of the whole run state into ``run_dir`` (atomically; rank 0 writes, all ranks call);
+        of LoRA networks, the adapters (their frozen base weights are the teacher's)."""
         frozen = self.frozen_weight_names
         weights = {"generator": full_state_dict(self.generator, frozen["generator"]),
                    "fake_score": full_state_dict(self.fake_score, frozen["fake_score"]),
