@@ -9,6 +9,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
@@ -26,6 +27,7 @@ from ..distill.networks import EDMDenoiser
 from ..distill.one_step import SIGMA_INIT_EDM, TIMESTEP_INIT_SID_LSG
 from ..distill.student_file import StudentInfo
 from ..distill.training import METHODS, DistillConfig, Distiller
+from .model_copies import base_model_copy
 from .pack_models import PackEDMModel, PixelLatent, edm_model_patcher
 from .presets import STUDENT_INFO_KEY, schedule_of
 from .training_images import grayscale_grid, training_curve
@@ -79,6 +81,14 @@ class ComfyDenoiser(torch.nn.Module):
         super().__init__()
         self.base_model = base_model
         self.condition_key = condition_key
+
+    def __deepcopy__(self, memo):
+        """New networks and weights, ComfyUI's config and other host objects shared (see ``model_copies``)."""
+        copied = object.__new__(type(self))
+        memo[id(self)] = copied
+        base_model_copy(self.base_model, memo)
+        vars(copied).update(copy.deepcopy(vars(self), memo))
+        return copied
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | dict | None) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype).reshape(-1).expand(x.shape[0])
@@ -151,7 +161,7 @@ def set_unet_dtype(base_model, dtype: torch.dtype, manual_cast_dtype: torch.dtyp
 def trainable_copy(module: torch.nn.Module) -> torch.nn.Module:
     """A copy whose weights are ordinary tensors: loaders create inference tensors, which backward cannot save."""
     with torch.inference_mode(False):
-        return copy.deepcopy(module)
+        return base_model_copy(module) if isinstance(module, comfy.model_base.BaseModel) else copy.deepcopy(module)
 
 
 def teacher_fingerprint(base_model: torch.nn.Module) -> str:
@@ -264,7 +274,7 @@ class OneStepDistillConfig(io.ComfyNode):
                                      "weights are the teacher's own (one copy of the network instead of four). The "
                                      "saved student has the adapters merged in. Needs peft."),
             ],
-            outputs=[CONFIG.Output(tooltip="Connect to OneStep Distill Trainer.")],
+            outputs=[CONFIG.Output(display_name="config", tooltip="Connect to OneStep Distill Trainer.")],
         )
 
     @classmethod
@@ -291,7 +301,7 @@ class OneStepPromptSource(io.ComfyNode):
                                         "input folder)."),
                 io.Clip.Input("clip", optional=True, tooltip="The teacher's text encoder (text prompts only)."),
             ],
-            outputs=[PROMPTS.Output(tooltip="Connect to OneStep Distill Trainer.")],
+            outputs=[PROMPTS.Output(display_name="prompts", tooltip="Connect to OneStep Distill Trainer.")],
         )
 
     @classmethod
@@ -376,9 +386,11 @@ class OneStepDistillTrainer(io.ComfyNode):
                                  tooltip="Continue from the run folder's latest checkpoint when there is one."),
             ],
             outputs=[
-                io.Model.Output("student", tooltip="The EMA generator: sample it with OneStep Generate."),
-                io.String.Output("run_folder", tooltip="Where the checkpoints are."),
-                io.Image.Output("curve", tooltip="Generator and fake-score losses (they swing: judge by samples)."),
+                io.Model.Output("student", display_name="student",
+                                tooltip="The EMA generator: sample it with OneStep Generate."),
+                io.String.Output("run_folder", display_name="run_folder", tooltip="Where the checkpoints are."),
+                io.Image.Output("curve", display_name="curve",
+                                tooltip="Generator and fake-score losses (they swing: judge by samples)."),
             ],
         )
 
@@ -459,8 +471,9 @@ class OneStepExportTrainingJob(io.ComfyNode):
                                 tooltip="The job goes to output/onestep_runs/<run_name> (checkpoints there stay)."),
             ],
             outputs=[
-                io.String.Output("job_dir", tooltip="The job folder."),
-                io.String.Output("command", tooltip="The command that runs it, from ComfyUI's custom_nodes folder."),
+                io.String.Output("job_dir", display_name="job_dir", tooltip="The job folder."),
+                io.String.Output("command", display_name="command",
+                                 tooltip="The command that runs it, from ComfyUI's custom_nodes folder."),
             ],
             is_output_node=True,
         )
