@@ -81,7 +81,8 @@ class OneStepFastPath(io.ComfyNode):
                 io.Boolean.Input("compile", default=True,
                                  tooltip="torch.compile the call before capture (slower first call, faster replays)."),
             ],
-            outputs=[io.Model.Output(tooltip="The same model; its network calls take the fast path.")],
+            outputs=[io.Model.Output(display_name="model",
+                                     tooltip="The same model; its network calls take the fast path.")],
         )
 
     @classmethod
@@ -121,7 +122,7 @@ class OneStepFastDecode(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="The VAE that matches the model."),
                 io.Combo.Input("strategy", options=list(STRATEGIES), default="auto", tooltip=STRATEGY_TOOLTIP),
             ],
-            outputs=[io.Image.Output(tooltip="Decoded images.")],
+            outputs=[io.Image.Output(display_name="image", tooltip="Decoded images.")],
         )
 
     @classmethod

@@ -56,10 +56,11 @@ class OneStepFDFMNIST(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the shared noise."),
             ],
             outputs=[
-                io.Image.Output("grid", tooltip="Top rows: teacher at 35 NFE; bottom rows: student at 1 NFE."),
-                io.String.Output("report", tooltip="FD-FMNIST of both, with the sample count."),
-                io.Float.Output("teacher_fd", tooltip="FD-FMNIST of the teacher at 35 NFE."),
-                io.Float.Output("student_fd", tooltip="FD-FMNIST of the student at 1 NFE."),
+                io.Image.Output("grid", display_name="grid",
+                                tooltip="Top rows: teacher at 35 NFE; bottom rows: student at 1 NFE."),
+                io.String.Output("report", display_name="report", tooltip="FD-FMNIST of both, with the sample count."),
+                io.Float.Output("teacher_fd", display_name="teacher_fd", tooltip="FD-FMNIST of the teacher at 35 NFE."),
+                io.Float.Output("student_fd", display_name="student_fd", tooltip="FD-FMNIST of the student at 1 NFE."),
             ],
             is_output_node=True,
         )

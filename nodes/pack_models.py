@@ -107,7 +107,8 @@ class OneStepLoadPackModel(io.ComfyNode):
                         "trained from it) as a MODEL the stock samplers and OneStep Generate can sample.",
             inputs=[io.Combo.Input("model_name", options=folder_paths.get_filename_list(FOLDER),
                                    tooltip="A .safetensors EDM network in models/onestep or shipped with the pack.")],
-            outputs=[io.Model.Output(tooltip="Pixel-space model: decode with OneStep Pixels To Image.")],
+            outputs=[io.Model.Output(display_name="model",
+                                     tooltip="Pixel-space model: decode with OneStep Pixels To Image.")],
         )
 
     @classmethod
@@ -135,7 +136,8 @@ class OneStepClassLabel(io.ComfyNode):
                         "-1 is the unconditional class, the usual negative for cfg.",
             inputs=[io.Int.Input("class_label", default=0, min=-1, max=9,
                                  tooltip="0..9: " + ", ".join(FMNIST_CLASSES) + "; -1: unconditional.")],
-            outputs=[io.Conditioning.Output(tooltip="Use as positive (or, with -1, as negative) conditioning.")],
+            outputs=[io.Conditioning.Output(display_name="conditioning",
+                                            tooltip="Use as positive (or, with -1, as negative) conditioning.")],
         )
 
     @classmethod
@@ -153,7 +155,7 @@ class OneStepPixelsToImage(io.ComfyNode):
             category="OneStep/conditioning",
             description="Turn a pixel-space LATENT of a pack model (grayscale in [-1, 1]) into an IMAGE.",
             inputs=[io.Latent.Input("samples", tooltip="Samples of a pack model.")],
-            outputs=[io.Image.Output(tooltip="RGB images in [0, 1].")],
+            outputs=[io.Image.Output(display_name="image", tooltip="RGB images in [0, 1].")],
         )
 
     @classmethod

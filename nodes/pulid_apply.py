@@ -318,7 +318,7 @@ class ApplyPuLID(io.ComfyNode):
                              tooltip="custom preset only: zero tokens appended to the ID tokens as attention "
                                      "sinks; more = weaker, less intrusive identity."),
             ],
-            outputs=[io.Model.Output(tooltip="A patched clone of the model.")],
+            outputs=[io.Model.Output(display_name="model", tooltip="A patched clone of the model.")],
         )
 
     @classmethod
@@ -446,7 +446,7 @@ class ApplyPuLIDFlux(io.ComfyNode):
                         "cross-attentions after every 2nd double block and every 4th single block, through "
                         "ComfyUI's block patches (no monkey-patching).",
             inputs=common_inputs(),
-            outputs=[io.Model.Output(tooltip="A patched clone of the model.")],
+            outputs=[io.Model.Output(display_name="model", tooltip="A patched clone of the model.")],
         )
 
     @classmethod

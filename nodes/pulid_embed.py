@@ -88,8 +88,10 @@ class PuLIDEmbedFace(io.ComfyNode):
             ],
             outputs=[
                 PULID_EMBEDDING.Output(display_name="embedding", tooltip="ID tokens for Apply PuLID."),
-                io.Image.Output("faces", tooltip="Each reference with the detected box and landmarks."),
-                io.Image.Output("crops", tooltip="The aligned 512 px gray (and, with a face parser, whitened) "
+                io.Image.Output("faces", display_name="faces",
+                                tooltip="Each reference with the detected box and landmarks."),
+                io.Image.Output("crops", display_name="crops",
+                                tooltip="The aligned 512 px gray (and, with a face parser, whitened) "
                                                  "crops EVA-CLIP saw."),
             ],
         )
@@ -179,8 +181,10 @@ class IDSimilarity(io.ComfyNode):
                 io.Image.Input("images", tooltip="Generated images to score."),
             ],
             outputs=[
-                io.Float.Output("mean_similarity", tooltip="Mean cosine over images with a face (NaN if none)."),
-                io.String.Output("report", tooltip="JSON: per-image cosine (null: no face) and counts."),
+                io.Float.Output("mean_similarity", display_name="mean_similarity",
+                                tooltip="Mean cosine over images with a face (NaN if none)."),
+                io.String.Output("report", display_name="report",
+                                 tooltip="JSON: per-image cosine (null: no face) and counts."),
             ],
         )
 

@@ -148,8 +148,10 @@ class OneStepProtectedIdentities(io.ComfyNode):
                                 tooltip="Optional: save the gallery's embeddings (not the photos) as "
                                         "models/onestep_safety/identities/<name>.safetensors."),
             ],
-            outputs=[GALLERY.Output("gallery", tooltip="Connect to Safety Check or Safety Audit."),
-                     io.String.Output("info", tooltip="Identities loaded, and photos skipped for having no face.")],
+            outputs=[GALLERY.Output("gallery", display_name="gallery",
+                                    tooltip="Connect to Safety Check or Safety Audit."),
+                     io.String.Output("info", display_name="info",
+                                      tooltip="Identities loaded, and photos skipped for having no face.")],
         )
 
     @classmethod
@@ -195,8 +197,10 @@ class OneStepSafetyPromptGate(io.ComfyNode):
                 io.Float.Input("toxic_threshold", default=0.5, min=0.0, max=1.0, step=0.01,
                                tooltip="Probability (alt-profanity-check) at which a prompt counts as toxic."),
             ],
-            outputs=[io.Conditioning.Output(tooltip="The encoded prompt, for the generator."),
-                     io.String.Output("prompt", tooltip="The prompt text, for OneStep Safety Check's prompts.")],
+            outputs=[io.Conditioning.Output(display_name="conditioning",
+                                            tooltip="The encoded prompt, for the generator."),
+                     io.String.Output("prompt", display_name="prompt",
+                                      tooltip="The prompt text, for OneStep Safety Check's prompts.")],
         )
 
     @classmethod
@@ -248,9 +252,11 @@ class OneStepSafetyCheck(io.ComfyNode):
                 GALLERY.Input("gallery", optional=True,
                               tooltip="Protected identities; without it the privacy check does not run."),
             ],
-            outputs=[io.Image.Output("filtered_images", tooltip="The batch, flagged images replaced by gray."),
-                     io.String.Output("report", tooltip="JSON: per image its flags, reasons and scores."),
-                     io.Int.Output("flagged", tooltip="How many images were flagged.")],
+            outputs=[io.Image.Output("filtered_images", display_name="filtered_images",
+                                     tooltip="The batch, flagged images replaced by gray."),
+                     io.String.Output("report", display_name="report",
+                                      tooltip="JSON: per image its flags, reasons and scores."),
+                     io.Int.Output("flagged", display_name="flagged", tooltip="How many images were flagged.")],
         )
 
     @classmethod
@@ -434,9 +440,11 @@ class OneStepSafetyAudit(io.ComfyNode):
                 GALLERY.Input("gallery", optional=True,
                               tooltip="Protected identities; without it the privacy rate is not measured."),
             ],
-            outputs=[io.Image.Output("table", tooltip="The per-category table: teacher, student, difference."),
-                     io.String.Output("report", tooltip="The JSON report."),
-                     io.String.Output("report_path", tooltip="Where the JSON report was written.")],
+            outputs=[io.Image.Output("table", display_name="table",
+                                     tooltip="The per-category table: teacher, student, difference."),
+                     io.String.Output("report", display_name="report", tooltip="The JSON report."),
+                     io.String.Output("report_path", display_name="report_path",
+                                      tooltip="Where the JSON report was written.")],
             is_output_node=True,
         )
 

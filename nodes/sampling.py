@@ -69,7 +69,8 @@ class OneStepSampler(io.ComfyNode):
             description="Sampler for SiD / SiD-LSG / SIM one-step students: the student's x0 at each noise level of "
                         "the SIGMAS, re-noised with fresh noise between levels. Use with SamplerCustom at cfg 1.",
             inputs=[],
-            outputs=[io.Sampler.Output(tooltip="Connect to SamplerCustom / SamplerCustomAdvanced.")],
+            outputs=[io.Sampler.Output(display_name="sampler",
+                                       tooltip="Connect to SamplerCustom / SamplerCustomAdvanced.")],
         )
 
     @classmethod
@@ -88,7 +89,8 @@ class OneStepSigmas(io.ComfyNode):
                         "schedule.",
             inputs=[io.Model.Input("model", tooltip="The student; its schedule turns timesteps into sigmas.")]
             + preset_inputs(),
-            outputs=[io.Sigmas.Output(tooltip="[sigma_0, ..., 0]: connect to SamplerCustom's sigmas.")],
+            outputs=[io.Sigmas.Output(display_name="sigmas",
+                                      tooltip="[sigma_0, ..., 0]: connect to SamplerCustom's sigmas.")],
         )
 
     @classmethod
@@ -117,7 +119,7 @@ class OneStepGenerate(io.ComfyNode):
                              tooltip="Image height in pixels (a multiple of 8 for latent-space models)."),
             ]
             + preset_inputs(),
-            outputs=[io.Latent.Output(tooltip="Decode with the student's VAE.")],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="Decode with the student's VAE.")],
         )
 
     @classmethod

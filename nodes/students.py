@@ -33,8 +33,9 @@ class OneStepLoadStudent(io.ComfyNode):
                 ),
             ],
             outputs=[
-                io.Model.Output(tooltip="The student; OneStep Generate's 'auto' preset reads how to sample it."),
-                io.String.Output("info",
+                io.Model.Output(display_name="model",
+                                tooltip="The student; OneStep Generate's 'auto' preset reads how to sample it."),
+                io.String.Output("info", display_name="info",
                                  tooltip="What the file's metadata says: preset, noise level, method, teacher."),
             ],
         )
@@ -84,7 +85,7 @@ class OneStepSaveStudent(io.ComfyNode):
                 io.Model.Input("student", tooltip="From OneStep Distill Trainer."),
                 io.String.Input("name", default="fmnist_sid_student", tooltip="File name, without extension."),
             ],
-            outputs=[io.String.Output("path", tooltip="The file written.")],
+            outputs=[io.String.Output("path", display_name="path", tooltip="The file written.")],
             is_output_node=True,
         )
 

@@ -38,11 +38,15 @@ def images_of(server, result) -> list[Image.Image]:
     return [Image.open(io.BytesIO(data)) for data in server.output_images(result["history"])]
 
 
-def test_object_info_lists_every_node_with_a_tooltip_on_every_input(server):
+def test_object_info_lists_every_node_with_a_tooltip_on_every_input_and_a_name_on_every_output(server):
     info = server.get_json("/object_info")
     for node in NODES:
-        node_id = node.GET_SCHEMA().node_id
+        schema = node.GET_SCHEMA()
+        node_id = schema.node_id
         assert node_id in info, f"{node_id} missing from /object_info"
+        # hosts label an unnamed output differently (0.3.75 by its type, 0.28 by its id): name every one
+        assert info[node_id]["output_name"] == [output.display_name for output in schema.outputs]
+        assert all(schema_output.display_name for schema_output in schema.outputs), f"{node_id}: unnamed output"
         for section in ("required", "optional"):
             for name, spec in info[node_id]["input"].get(section, {}).items():
                 options = spec[1] if len(spec) > 1 else {}
