@@ -1,4 +1,9 @@
 """ComfyUI adapters of the pack (V3 schema). The only place, with the root __init__, that imports ComfyUI."""
+# ruff: noqa: E402  (the host is checked before the node modules import it)
+
+from .host_check import check_host
+
+check_host()  # an unsuitable ComfyUI fails here, with its version and what it lacks, before any node imports
 
 from comfy_api.latest import ComfyExtension, io
 
