@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-COMFYUI_DIR = Path(os.environ.get("ONESTEP_COMFYUI_DIR", REPO_ROOT / ".comfyui"))
+COMFYUI_DIR = Path(os.environ.get("ONESTEP_COMFYUI_DIR") or REPO_ROOT / ".comfyui").expanduser().resolve()
 
 
 def import_comfy(cpu: bool = True) -> None:
@@ -66,6 +66,29 @@ TINY_CLIP_TEXT_CONFIG = {"hidden_size": 16, "intermediate_size": 32, "num_attent
                          "projection_dim": TINY_POOLED_DIM, "vocab_size": 49408, "max_position_embeddings": 77,
                          "hidden_act": "gelu", "layer_norm_eps": 1e-5, "bos_token_id": 0, "eos_token_id": 49407,
                          "pad_token_id": 1}
+
+
+# Key shapes of FLUX.1-dev that ComfyUI's detection reads (its blocks are counted from the key names)
+FLUX1_DEV_KEY_SHAPES = {
+    "img_in.weight": (3072, 64), "txt_in.weight": (3072, 4096), "vector_in.in_layer.weight": (3072, 768),
+    "guidance_in.in_layer.weight": (3072, 256),
+    **{f"double_blocks.{i}.img_attn.norm.key_norm.scale": (128,) for i in range(19)},
+    **{f"single_blocks.{i}.norm.key_norm.scale": (128,) for i in range(38)},
+}
+
+
+def flux1_config(**sizes) -> dict:
+    """FLUX.1's model config as this host's own detection writes it (with every field the host's ``FluxParams``
+    needs: 0.28 added ``txt_ids_dims``), with ``sizes`` (hidden_size, depth, ...) replaced for a small test model."""
+    import comfy.model_detection
+    import torch
+
+    shapes = {key: torch.empty(shape, device="meta") for key, shape in FLUX1_DEV_KEY_SHAPES.items()}
+    detected = comfy.model_detection.detect_unet_config(shapes, "")
+    unknown = set(sizes) - set(detected)
+    if unknown:
+        raise KeyError(f"this host's FLUX detection has no {sorted(unknown)}")
+    return {**detected, **sizes}
 
 
 def tiny_model_patcher(config_class, unet_config=None, seed: int = 0):

@@ -11,7 +11,7 @@ import comfy.supported_models
 import numpy as np
 import pytest
 import torch
-from comfy_host import SDXL_UNET_CONFIG, tiny_model_patcher
+from comfy_host import SDXL_UNET_CONFIG, flux1_config, tiny_model_patcher
 from onestep.distill.student_file import StudentInfo
 from onestep.nodes.presets import STUDENT_INFO_KEY
 from onestep.nodes.pulid_apply import (
@@ -30,11 +30,8 @@ from onestep.pulid.weights import SDXL_CROSS_ATTENTION_SLOTS, Layout, PuLIDFlux,
 
 TOKEN_DIM = 8
 TINY_SDXL_CONFIG = {**SDXL_UNET_CONFIG, "model_channels": 32, "context_dim": 16, "num_head_channels": 16}
-TINY_FLUX_CONFIG = {
-    "image_model": "flux", "in_channels": 4, "out_channels": 4, "vec_in_dim": 8, "context_in_dim": 16,
-    "hidden_size": 32, "mlp_ratio": 2.0, "num_heads": 2, "depth": 3, "depth_single_blocks": 5,
-    "axes_dim": [4, 6, 6], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": False,
-}
+TINY_FLUX_SIZES = dict(in_channels=4, out_channels=4, vec_in_dim=8, context_in_dim=16, hidden_size=32, mlp_ratio=2.0,
+                       num_heads=2, depth=3, depth_single_blocks=5, axes_dim=[4, 6, 6], guidance_embed=False)
 SDXL_HIDDEN = {640: 64, 1280: 128}  # official width -> the tiny model's width
 
 
@@ -45,7 +42,7 @@ def tiny_sdxl():
 
 @pytest.fixture(scope="module")
 def tiny_flux():
-    return tiny_model_patcher(comfy.supported_models.Flux, TINY_FLUX_CONFIG)
+    return tiny_model_patcher(comfy.supported_models.Flux, flux1_config(**TINY_FLUX_SIZES))
 
 
 def randomised(module, seed=0):
