@@ -116,7 +116,12 @@ class InsightFaceAnalyzer(FaceAnalyzer):
     """InsightFace ``FaceAnalysis`` (detection + recognition only) over a local model folder such as antelopev2."""
 
     def __init__(self, folder: str | Path, providers: tuple[str, ...] = PROVIDERS["CPU"]):
-        from insightface.app import FaceAnalysis
+        try:
+            from insightface.app import FaceAnalysis
+        except ImportError as error:
+            raise FaceModelError(f"insightface is not installed ({error}): run `python install.py` in the pack's "
+                                 "folder with ComfyUI's Python (it installs insightface==2.1 with --no-deps, so that "
+                                 "onnxruntime never lands beside onnxruntime-gpu)") from error
 
         folder = check_model_folder(Path(folder))
         self.name = f"InsightFace ({folder.name})"

@@ -107,7 +107,7 @@ class ProfanityToxicity(PromptToxicity):
             from profanity_check import predict_prob
         except ImportError as error:
             raise DetectorMissingError(
-                f"the profanity model is not installed ({error}): pip install -r requirements-safety.txt "
+                f"the profanity model is not installed ({error}): pip install -r requirements.txt "
                 "(alt-profanity-check ships its model inside the wheel)"
             ) from error
         self._predict_prob = predict_prob
