@@ -1,9 +1,9 @@
 """What ComfyUI-Manager (requirements.txt) and the Comfy Registry (pyproject.toml) install is the same list, and
 never ComfyUI's own torch or `onnxruntime` beside `onnxruntime-gpu` on one platform."""
 
-import tomllib
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -23,6 +23,7 @@ def test_requirements_txt_and_pyproject_list_the_same_packages():
 
 def test_no_platform_gets_torch_or_both_onnxruntimes():
     for platform in ("linux", "win32", "darwin"):
-        names = {r.name for r in requirements_txt() if r.marker is None or r.marker.evaluate({"sys_platform": platform})}
+        environment = {"sys_platform": platform}
+        names = {r.name for r in requirements_txt() if r.marker is None or r.marker.evaluate(environment)}
         assert not names & HOST_OWNED, platform
         assert len(names & {"onnxruntime", "onnxruntime-gpu"}) == 1, platform
