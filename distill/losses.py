@@ -96,6 +96,12 @@ class LSGScales:
     eval_real: float = 1.0
     prompt_dropout: float = 0.1
 
+    @property
+    def drops_prompts(self) -> bool:
+        """The official loop drops prompts in the fake-score step when k1 != 1 or k2 != 1: both guide with the fake
+        network's unconditional branch, which only dropped prompts train."""
+        return self.train_fake != 1.0 or self.eval_fake != 1.0
+
 
 def guided_denoise(D: Denoiser, x: Tensor, sigma: Tensor, cond: Any, uncond: Any, k: float) -> Tensor:
     """D with guidance scale k; one conditional pass when k == 1 (or no unconditional input)."""

@@ -365,23 +365,22 @@ class Distiller:
         sigma = self.noise.fake_score_sigmas(draws, self.rng, self.device).to(self.dtype)
         noise = self._randn((draws, *self.config.sample_shape))
         k1 = self.lsg.train_fake
-        train_cond = cond
-        if k1 != 1.0 and self.uncond is not None:
-            train_cond = drop_prompts(cond, self.uncond, self.lsg.prompt_dropout, self.rng)
+        if self.lsg.drops_prompts and self.uncond is not None:  # the image is generated from the dropped prompt too
+            cond = drop_prompts(cond, self.uncond, self.lsg.prompt_dropout, self.rng)
 
         self.generator.eval()
         self.fake_score.train()
         _set_requires_grad(self.fake_score_parameters, True)
         self.opt_fake_score.zero_grad(set_to_none=True)
         total, kept = 0.0, 0
-        micro_batches = self._micro_batches(cond, z, sigma, noise, train_cond)
-        for last, (cond, z, sigma, noise, train_cond) in micro_batches:
+        micro_batches = self._micro_batches(cond, z, sigma, noise)
+        for last, (cond, z, sigma, noise) in micro_batches:
             with torch.no_grad():
                 x_g = self._generate(self.generator, z, cond)
             sigma_b = append_dims(sigma, x_g.ndim)
             x_t = x_g + sigma_b * noise
             with _gradient_sync(self.trained_fake_score, last):
-                denoised = guided_denoise(self.trained_fake_score, x_t, sigma_b, train_cond, self.uncond, k1)
+                denoised = guided_denoise(self.trained_fake_score, x_t, sigma_b, cond, self.uncond, k1)
                 per_sample = self._fake_score_loss(denoised, x_g, x_t, noise, sigma)
                 keep = _finite_rows(x_g, denoised) & per_sample.detach().isfinite()
                 loss = per_sample[keep].sum() / self.local_batch

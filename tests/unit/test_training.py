@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from onestep.distill.checkpoint import CheckpointMismatch, latest_checkpoint
+from onestep.distill.losses import LSGScales
 from onestep.distill.training import DistillConfig, Distiller, DivergenceError
 from torch import nn
 from training_helpers import SHAPE, TinyDenoiser, config
@@ -200,6 +201,37 @@ def test_lsg_guidance_placement():
     dropped = (calls["fake"][1] == 0).all(dim=1).float().mean().item()
     assert 0.05 < dropped < 0.15
     assert (calls["fake"][2] >= 1).all()
+
+
+@pytest.mark.parametrize("k1, k2", [(1.0, 2.0), (1.5, 1.0)])
+def test_lsg_drops_prompts_when_k1_or_k2_guides_and_generates_the_image_from_the_dropped_prompt(k1, k2):
+    """Official SiD-LSG: prompts dropped to "" in the fake-score step when k1 != 1 or k2 != 1, for the generated
+    image and the fake network's training alike (k2 uses the fake's unconditional branch: only drops train it)."""
+    calls = {"generator": [], "fake": []}
+
+    class Recording(TinyDenoiser):
+        def __init__(self, role):
+            super().__init__()
+            self.role = role
+
+        def forward(self, x, sigma, cond=None):
+            calls[self.role].append(cond.clone())
+            return super().forward(x, sigma, cond)
+
+    torch.manual_seed(0)
+    distiller = Distiller(TinyDenoiser(), config(method="sid-lsg", batch_size=400, k_train_fake=k1, k_eval_fake=k2),
+                          generator=Recording("generator"), fake_score=Recording("fake"),
+                          cond_sampler=lambda n, g: torch.rand(n, 2, generator=g) + 1, uncond=torch.zeros(1, 2))
+    distiller.fake_score_step()
+    generated_from, trained_on = calls["generator"][0], calls["fake"][-1]
+    assert torch.equal(generated_from, trained_on)
+    dropped = (generated_from == 0).all(dim=1).float().mean().item()
+    assert 0.05 < dropped < 0.15
+
+
+def test_plain_sid_lsg_scales_drop_no_prompt():
+    assert not LSGScales(1.0, 1.0, 4.5).drops_prompts
+    assert LSGScales(1.0, 1.5, 1.0).drops_prompts and LSGScales(2.0, 1.0, 1.0).drops_prompts
 
 
 def test_ddpm_view_draws_table_sigmas_and_uses_the_eps_loss():
