@@ -19,10 +19,16 @@ Renoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def multistep_levels(start: float, steps: int) -> list[float]:
-    """Levels start * (1 - i/k), i = 0..k-1: SiD-LSG's k-step timesteps when ``start`` is t_init = 625."""
+    """Levels start * (1 - i/k), i = 0..k-1: the k-step rule on a continuous noise scale (sigma itself)."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     return [start * (1.0 - i / steps) for i in range(steps)]
+
+
+def multistep_timesteps(start: float, steps: int) -> list[float]:
+    """SiD-LSG's k-step timesteps int(t_init (1 - i/k)), i = 1..k-1, after t_init (official sampler, arXiv
+    2406.01561): 625, 468, 312, 156 for k = 4."""
+    return [start] + [float(int(level)) for level in multistep_levels(start, steps)[1:]]
 
 
 def renoise_variance_exploding(sigma: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:

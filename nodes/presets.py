@@ -6,7 +6,7 @@ import comfy.model_base
 import comfy.model_sampling
 import torch
 
-from ..distill.one_step import SIGMA_INIT_EDM, TIMESTEP_INIT_SID_LSG, multistep_levels
+from ..distill.one_step import SIGMA_INIT_EDM, TIMESTEP_INIT_SID_LSG, multistep_levels, multistep_timesteps
 from ..distill.student_file import StudentInfo
 
 PRESETS = ["auto", "sid-lsg", "edm", "sim-pixart", "custom-sigma", "custom-timestep"]
@@ -115,8 +115,9 @@ def _start_of(node: str, preset: str, schedule: Schedule, model, custom_value: f
                 f"{node}: preset 'sim-pixart' is for SIM-DiT students on PixArt-alpha; this model is "
                 f"{type(model.model).__name__}. Use 'sid-lsg' for SD1.5/2.1 students or 'edm' for EDM ones."
             )
-        timestep = schedule.timestep_at(SIGMA_INIT_EDM)
-        return schedule.sigma_at(timestep), timestep
+        # SIM-DiT's input is 2.5 z at the discrete timestep nearest sigma 2.5 (ComfyUI rounds to it), not the
+        # sigma of that timestep (2.50233)
+        return SIGMA_INIT_EDM, schedule.timestep_at(SIGMA_INIT_EDM)
     if preset == "edm":
         return SIGMA_INIT_EDM, None
     if preset == "custom-sigma":
@@ -135,8 +136,8 @@ def _start_of(node: str, preset: str, schedule: Schedule, model, custom_value: f
 def preset_sigmas(node: str, model, preset: str, steps: int, custom_value: float = 0.0) -> torch.Tensor:
     """Noise levels [sigma_0, ..., sigma_{k-1}, 0] for a one-step or k-step student.
 
-    k-step re-noising follows SiD-LSG: timesteps t_0 * (1 - i/k) on a DDPM schedule; on a
-    continuous schedule the same rule applies to sigma itself.
+    k-step re-noising follows SiD-LSG: integer timesteps int(t_0 * (1 - i/k)) on a DDPM schedule; on a
+    continuous schedule the rule applies to sigma itself.
     """
     if steps < 1:
         raise PresetError(f"{node}: steps must be at least 1, got {steps}.")
@@ -149,7 +150,7 @@ def preset_sigmas(node: str, model, preset: str, steps: int, custom_value: float
     if schedule.is_ddpm:
         if start_timestep is None:
             start_timestep = schedule.timestep_at(start_sigma)
-        sigmas = [schedule.sigma_at(t) for t in multistep_levels(start_timestep, steps)]
+        sigmas = [schedule.sigma_at(t) for t in multistep_timesteps(start_timestep, steps)]
         sigmas[0] = start_sigma
     else:
         sigmas = multistep_levels(start_sigma, steps)

@@ -88,7 +88,7 @@ def test_sampler_and_sigmas_through_stock_sampler_custom_match_generate(tiny_sd1
 def test_k_step_sigmas_follow_sid_lsg_timesteps(tiny_sd15):
     sigmas = OneStepSigmas.execute(tiny_sd15, "sid-lsg", 4, 0.0).result[0]
     model_sampling = tiny_sd15.get_model_object("model_sampling")
-    expected = [float(model_sampling.sigma(torch.tensor(t))) for t in (625.0, 468.75, 312.5, 156.25)] + [0.0]
+    expected = [float(model_sampling.sigma(torch.tensor(t))) for t in (625.0, 468.0, 312.0, 156.0)] + [0.0]
     torch.testing.assert_close(sigmas, torch.tensor(expected))
     assert abs(float(sigmas[0]) - 2.5017) < 1e-3
 
@@ -115,6 +115,33 @@ def test_wrong_latent_channels_name_the_node_and_the_fix(tiny_sd15):
     latent = {"samples": torch.ones([1, 16, 6, 8])}
     with pytest.raises(OneStepInputError, match=r"OneStep Sampler: the latent has 16 channels .* expects 4"):
         SamplerCustom.execute(tiny_sd15, True, 7, 1.0, conditioning(), conditioning(), sampler, sigmas, latent)
+
+
+TINY_PIXART_CONFIG = {"image_model": "pixart_alpha", "input_size": 8, "patch_size": 2, "in_channels": 4,
+                      "hidden_size": 32, "depth": 1, "num_heads": 2, "caption_channels": 16, "pe_interpolation": 1.0,
+                      "micro_condition": False, "model_max_length": 8}
+
+
+def pixart_sigma(timestep: int) -> float:
+    """sigma_t of PixArt-alpha's linear beta schedule (1e-4 .. 0.02, 1000 steps), computed without ComfyUI."""
+    alpha_bar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))[timestep]
+    return float(((1 - alpha_bar) / alpha_bar) ** 0.5)
+
+
+def test_sim_pixart_starts_at_sigma_2_5_on_the_nearest_discrete_timestep(comfy_host):
+    """SIM-DiT: input 2.5 z, at the discrete timestep nearest sigma 2.5 (not the 2.50233 of that timestep)."""
+    pixart = comfy_host.tiny_model_patcher(comfy.supported_models.PixArtAlpha, TINY_PIXART_CONFIG)
+    nearest = min(range(1000), key=lambda t: abs(pixart_sigma(t) - 2.5))
+    sigmas = OneStepSigmas.execute(pixart, "sim-pixart", 1, 0.0).result[0]
+    assert sigmas.tolist() == [2.5, 0.0]
+    seen = []
+    hook = pixart.model.diffusion_model.register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))
+    try:
+        # 512 px: PixArt derives its position-embedding scale from the size, and divides by zero below 256
+        generate(pixart, [[torch.randn(1, 8, 16), {}]], preset="sim-pixart", width=512, height=512)
+    finally:
+        hook.remove()
+    assert nearest == 440 and torch.equal(seen[0].float(), torch.full([2], float(nearest)))
 
 
 def test_sim_pixart_preset_on_sd15_is_refused(tiny_sd15):

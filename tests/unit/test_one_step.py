@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from onestep.distill.one_step import fresh_noise, multistep_levels, sample_one_step
+from onestep.distill.one_step import fresh_noise, multistep_levels, multistep_timesteps, sample_one_step
 
 
 def gaussian_denoiser(x, sigma, **_):
@@ -50,8 +50,16 @@ def test_fresh_noise_is_reproducible_and_differs_between_steps_and_seeds():
     assert abs(float(fresh_noise(torch.zeros(100_000), 1, 0).std()) - 1.0) < 0.02
 
 
-def test_multistep_levels_are_sid_lsg_timesteps():
-    assert multistep_levels(625, 1) == [625]
-    assert multistep_levels(625, 4) == pytest.approx([625, 468.75, 312.5, 156.25])
+def test_multistep_levels_follow_the_k_step_rule_on_a_continuous_scale():
+    assert multistep_levels(2.5, 1) == [2.5]
+    assert multistep_levels(2.5, 4) == pytest.approx([2.5, 1.875, 1.25, 0.625])
     with pytest.raises(ValueError, match="at least 1"):
         multistep_levels(625, 0)
+
+
+def test_multistep_timesteps_are_the_official_integer_timesteps():
+    """The official SiD-LSG sampler: int(625 * (1 - i/k)) after 625 (DESIGN 3c: 468, 312, 416 in k = 2, 3, 4)."""
+    assert multistep_timesteps(625, 1) == [625]
+    assert multistep_timesteps(625, 2) == [625, 312]
+    assert multistep_timesteps(625, 3) == [625, 416, 208]
+    assert multistep_timesteps(625, 4) == [625, 468, 312, 156]
