@@ -12,7 +12,8 @@ HOST := .comfyui
 WHEEL_CACHE := .cache/host-wheel
 PYTEST := $(PY) -m pytest
 
-.PHONY: all demo test test-unit test-comfy test-e2e lint install workflows benchmark-quick clean-host
+.PHONY: all demo test test-unit test-comfy test-e2e lint install workflows benchmark-quick clean-host \
+	gpu-check gpu-check-dry-run gpu-carry
 
 all: test
 
@@ -57,6 +58,20 @@ workflows: install
 
 benchmark-quick: install
 	$(PY) benchmarks/sampler_overhead.py --quick
+
+# The GPU check (README, "Checking on a GPU"). gpu-carry prepares .gpu-carry/ here (the host wheel and the wheels the
+# GPU machine lacks); gpu-check runs ON the GPU machine, which has no .venv: its own python3 (PyTorch with CUDA),
+# everything under $(OUT) (default gpu_check_out/), at most 8 minutes. gpu-check-dry-run: the same steps on the CPU at
+# tiny sizes (make test runs it through tests/comfy/test_gpu_check_dry_run.py).
+GPU_PYTHON ?= python3
+gpu-carry: install
+	$(PY) tools/gpu_carry.py
+
+gpu-check:
+	$(GPU_PYTHON) tools/gpu_check.py $(if $(OUT),--out $(OUT))
+
+gpu-check-dry-run: install
+	$(PY) tools/gpu_check.py --dry-run $(if $(OUT),--out $(OUT))
 
 clean-host:
 	rm -rf $(HOST) $(VENV)

@@ -2,8 +2,8 @@
 
 import torch
 
-FP16_TOLERANCE = 2e-3
-"""Largest relative error between two fp16 computations of the same function that counts as equal (a replayed CUDA
+FP16_TOLERANCE = 5e-3
+"""Largest relative error between two fp16 / bf16 computations of one function that counts as equal (a replayed CUDA
 graph runs the eager kernels, so it is usually exact; cuDNN may pick another algorithm for the capture)."""
 
 

@@ -13,8 +13,13 @@ import torch
 import torch.distributed as dist
 from onestep.distill.memory import adam
 from onestep.distill.networks import EDMDenoiser
-from onestep.distill.sharding import full_optimizer_state, full_state_dict, is_sharded, load_full_state_dict, \
-    shard_network
+from onestep.distill.sharding import (
+    full_optimizer_state,
+    full_state_dict,
+    is_sharded,
+    load_full_state_dict,
+    shard_network,
+)
 
 
 def free_port() -> int:

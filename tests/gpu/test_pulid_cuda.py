@@ -34,7 +34,8 @@ def test_apply_pulid_on_an_sdxl_size_model(scale):
     noise = comfy.sample.prepare_noise(latent, 0)
 
     def sample(m) -> torch.Tensor:
-        return comfy.sample.sample(m, noise, 1 if scale.dry else 2, 7.0, "euler", "normal", *conditions, latent, disable_pbar=True, seed=0)
+        return comfy.sample.sample(m, noise, 1 if scale.dry else 2, 7.0, "euler", "normal", *conditions, latent,
+                                   disable_pbar=True, seed=0)
 
     plain = sample(model)
     with_identity = sample(patched)
