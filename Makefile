@@ -28,7 +28,8 @@ HOST_028 := .comfyui-0.28
 TORCHAUDIO_028 ?= torchaudio==2.11.1
 
 .PHONY: all demo test test-all test-default test-0.28 test-user test-unit test-comfy test-e2e lint install \
-	install-0.28 workflows benchmark-quick clean-host
+	install-0.28 workflows benchmark-quick clean-host \
+	gpu-check gpu-check-dry-run gpu-carry
 
 all: test
 
@@ -111,6 +112,20 @@ workflows: install
 
 benchmark-quick: install
 	$(PY) benchmarks/sampler_overhead.py --quick
+
+# The GPU check (README, "Checking on a GPU"). gpu-carry prepares .gpu-carry/ here (the host wheel and the wheels the
+# GPU machine lacks); gpu-check runs ON the GPU machine, which has no .venv: its own python3 (PyTorch with CUDA),
+# everything under $(OUT) (default gpu_check_out/), at most 8 minutes. gpu-check-dry-run: the same steps on the CPU at
+# tiny sizes (make test runs it through tests/comfy/test_gpu_check_dry_run.py).
+GPU_PYTHON ?= python3
+gpu-carry: install
+	$(PY) tools/gpu_carry.py
+
+gpu-check:
+	$(GPU_PYTHON) tools/gpu_check.py $(if $(OUT),--out $(OUT))
+
+gpu-check-dry-run: install
+	$(PY) tools/gpu_check.py --dry-run $(if $(OUT),--out $(OUT))
 
 clean-host:
 	rm -rf $(HOST) $(VENV) $(HOST_028) $(VENV_028)

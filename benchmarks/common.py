@@ -12,6 +12,32 @@ import torch
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCHMARKS_DIR / "results"
 RESULTS_TABLE = BENCHMARKS_DIR / "RESULTS.md"
+DRY_RUN_TABLE = "RESULTS.dry-run.md"
+_dry_run_dir: Path | None = None
+
+
+def add_dry_run_argument(parser) -> None:
+    """``--dry-run DIR``: the script's own code path at tiny CPU settings; its JSON (marked ``"dry_run": true``) and
+    table row go to DIR, never to results/ or RESULTS.md (tools/gpu_check.py --dry-run runs every benchmark so)."""
+    parser.add_argument("--dry-run", metavar="DIR", type=Path, default=None,
+                        help="tiny CPU run of the same code path; writes its marked result into DIR only")
+
+
+def set_dry_run(folder: Path | None) -> None:
+    """From now on write_result writes into ``folder`` (None: the results of record)."""
+    global _dry_run_dir
+    _dry_run_dir = None if folder is None else Path(folder)
+
+
+def output_dir() -> Path:
+    """Where this run's files go: the dry-run folder, else results/."""
+    return _dry_run_dir if _dry_run_dir is not None else RESULTS_DIR
+
+
+def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    """||value - reference|| / ||reference|| in float64 (NaN anywhere gives NaN)."""
+    value, reference = value.double(), reference.double()
+    return float((value - reference).norm() / reference.norm().clamp_min(1e-30))
 
 
 def synchronize(device: torch.device) -> None:
@@ -46,9 +72,18 @@ def describe_device(device: torch.device) -> str:
 
 
 def write_result(name: str, result: dict, command: str, summary: str) -> Path:
-    """Write results/<name>.json and add a row to RESULTS.md (the table of record)."""
+    """Write results/<name>.json and add a row to RESULTS.md (the table of record); after set_dry_run(DIR), write
+    DIR/<name>.json marked ``"dry_run": true`` and the row to DIR/RESULTS.dry-run.md instead."""
     result = {**result, "command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "torch": torch.__version__}
+    if _dry_run_dir is not None:
+        result["dry_run"] = True
+        _dry_run_dir.mkdir(parents=True, exist_ok=True)
+        path = _dry_run_dir / f"{name}.json"
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        with (_dry_run_dir / DRY_RUN_TABLE).open("a") as table:
+            table.write(f"| {result['date']} | `{name}` | {result['device']} | DRY RUN: {summary} | `{command}` |\n")
+        return path
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/distill_fmnist.py                  # reduced scale on the CPU (labelled so)
     .venv/bin/python benchmarks/distill_fmnist.py --device cuda    # full scale on a GPU
+    .venv/bin/python benchmarks/distill_fmnist.py --device cuda --minutes 1 --eval-every 0.25   # GPU, shorter
+    .venv/bin/python benchmarks/distill_fmnist.py --dry-run DIR    # seconds on the CPU; marked result in DIR only
 
 FD-FMNIST: the Fréchet distance between Gaussian fits of the shipped classifier's 128-d features, for
 generated images against the 10k test images (models/fmnist/reference_stats.safetensors). It is not
@@ -27,7 +29,14 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, describe_device, interleaved_medians, write_result  # noqa: E402
+from common import (  # noqa: E402
+    add_dry_run_argument,
+    describe_device,
+    interleaved_medians,
+    output_dir,
+    set_dry_run,
+    write_result,
+)
 from pack_loader import REPO_ROOT, load_pack  # noqa: E402
 
 load_pack()
@@ -45,6 +54,7 @@ MODELS = REPO_ROOT / "models" / "fmnist"
 SCALES = {
     "reduced-cpu": dict(minutes=9.0, batch=32, eval_every=1.0, eval_samples=2000, lr=1e-4),
     "full-gpu": dict(minutes=3.0, batch=256, eval_every=0.25, eval_samples=10000, lr=5e-5),
+    "dry-run": dict(minutes=0.02, batch=8, eval_every=0.01, eval_samples=100, lr=1e-4),
 }
 METHODS = {"sid": dict(method="sid", alpha=1.2), "sim": dict(method="sim")}
 
@@ -60,8 +70,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, help="Adam learning rate of the generator and the fake score")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
+    add_dry_run_argument(parser)
     args = parser.parse_args()
-    args.scale = "full-gpu" if args.device == "cuda" else "reduced-cpu"
+    if args.dry_run is not None:
+        set_dry_run(args.dry_run)
+        args.device, args.methods = "cpu", ["sid"]
+    args.scale = "dry-run" if args.dry_run is not None else "full-gpu" if args.device == "cuda" else "reduced-cpu"
     for key, value in SCALES[args.scale].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -280,7 +294,7 @@ def main() -> int:
         data_fd = None
 
     costs, runs = {}, {}
-    repeats = 5 if args.scale == "reduced-cpu" else 20
+    repeats = {"reduced-cpu": 5, "full-gpu": 20, "dry-run": 2}[args.scale]
     for method in args.methods:
         costs[method] = iteration_cost(teacher, method, args, teacher_id, device, repeats)
         print(f"{method}: one iteration = {costs[method]['ratio']:.2f} teacher forward+backward passes "
@@ -298,9 +312,10 @@ def main() -> int:
         "runs": runs, "cost": costs,
         "teacher": {"file": "models/fmnist/teacher.safetensors", "id": teacher_id},
     }
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    plot_curves(result, RESULTS_DIR / "distill_fmnist.png")
-    sample_grids({title: batch[:100] for title, batch in grids.items()}, RESULTS_DIR / "distill_fmnist_samples.png")
+    folder = output_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    plot_curves(result, folder / "distill_fmnist.png")
+    sample_grids({title: batch[:100] for title, batch in grids.items()}, folder / "distill_fmnist_samples.png")
     command = shlex.join(["python", "benchmarks/distill_fmnist.py", *sys.argv[1:]])
     summary = (f"{args.scale}: FD-FMNIST teacher {teacher_fd_35:.2f} (35 NFE) / {teacher_fd_1:.2f} (1 NFE); "
                + ", ".join(f"{m.upper()} {r['fd_1nfe']:.2f} (1 NFE, {args.minutes:g} min)" for m, r in runs.items())

@@ -3,6 +3,7 @@
     python benchmarks/pulid_overhead.py                          # CPU: small SDXL-structured UNet, 512 px
     python benchmarks/pulid_overhead.py --model sdxl --size 512  # CPU: SDXL-size UNet (10 GB of fp32 weights)
     python benchmarks/pulid_overhead.py --device cuda            # GPU: SDXL-size UNet, 1024 px, fp16
+    python benchmarks/pulid_overhead.py --dry-run DIR            # small UNet, 64 px, one step; marked result in DIR
 
 Both samplings run in one process on one UNet with random weights (timing does not depend on the
 weights), interleaved: KSampler (euler, cfg 7, so each step is a cond + uncond batch) on the plain MODEL
@@ -22,21 +23,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import comfy_host  # noqa: E402
-from common import describe_device, interleaved_medians, time_call, write_result  # noqa: E402
+from common import (  # noqa: E402
+    add_dry_run_argument,
+    describe_device,
+    interleaved_medians,
+    set_dry_run,
+    time_call,
+    write_result,
+)
 from pack_loader import load_pack  # noqa: E402
 
 SMALL_WIDTH = 64  # the CPU model: SDXL's blocks and 70 cross-attentions at 1/5 of the width
+TINY_WIDTH = 32  # dry runs: the same structure at 1/10 of the width
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--model", choices=["small", "sdxl"], default=None, help="default: small on CPU, sdxl on GPU")
+    parser.add_argument("--model", choices=["tiny", "small", "sdxl"], default=None,
+                        help="default: small on CPU, sdxl on GPU (tiny: dry runs)")
     parser.add_argument("--size", type=int, default=None, help="pixels (default 512 on CPU, 1024 on GPU)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps per timed run (default 2 CPU, 10 GPU)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs of each variant (default 3 CPU, 7 GPU)")
     parser.add_argument("--skip-embed", action="store_true", help="do not time Embed Face")
-    return parser.parse_args()
+    add_dry_run_argument(parser)
+    args = parser.parse_args()
+    if args.dry_run is not None:
+        set_dry_run(args.dry_run)
+        args.device, args.model, args.size, args.steps, args.repeats, args.skip_embed = "cpu", "tiny", 64, 1, 1, True
+    return args
 
 
 def build_unet(model: str, device: str):
@@ -45,8 +60,9 @@ def build_unet(model: str, device: str):
     import torch
 
     config = dict(comfy_host.SDXL_UNET_CONFIG)
-    if model == "small":
-        config.update(model_channels=SMALL_WIDTH, context_dim=SMALL_WIDTH * 4, num_head_channels=16)
+    if model in ("small", "tiny"):
+        width = SMALL_WIDTH if model == "small" else TINY_WIDTH
+        config.update(model_channels=width, context_dim=width * 4, num_head_channels=16)
     patcher = comfy_host.tiny_model_patcher(comfy.supported_models.SDXL, config)
     if device == "cuda":
         patcher.model.diffusion_model.half()
@@ -64,8 +80,9 @@ def build_pulid(unet_config: dict, model: str):
     torch.manual_seed(0)
     scale = unet_config["model_channels"] / 320
     hidden = [round(h * scale) for *_, h in SDXL_CROSS_ATTENTION_SLOTS]
-    token_width = 2048 if model == "sdxl" else 256
-    encoder = IDFormer() if model == "sdxl" else IDFormer(dim=64, depth=5, heads=4, output_dim=token_width)
+    token_width = {"sdxl": 2048, "small": 256, "tiny": 32}[model]
+    encoder = IDFormer() if model == "sdxl" else IDFormer(dim=64, depth=5, heads=4, output_dim=token_width) \
+        if model == "small" else IDFormer(dim=16, depth=2, dim_head=8, heads=2, output_dim=token_width)
     module = PuLIDSDXL(encoder, hidden, context_dim=token_width)
     with torch.no_grad():
         for parameter in module.parameters():
@@ -149,7 +166,8 @@ def main() -> int:
         "pulid_step_ms": 1000 * medians["pulid"] / steps,
         "embed_ms": embed_ms,
         "device": describe_device(device),
-        "model": f"{'SDXL-size' if model_name == 'sdxl' else f'SDXL structure at width {SMALL_WIDTH}'} UNet, "
+        "model": f"{'SDXL-size' if model_name == 'sdxl' else 'SDXL structure at width '}"
+                 f"{'' if model_name == 'sdxl' else SMALL_WIDTH if model_name == 'small' else TINY_WIDTH} UNet, "
                  f"random weights, {str(dtype).removeprefix('torch.')}",
         "size": size, "steps": steps, "cfg": 7.0, "repeats": repeats,
         "embed_note": "YuNet + SFace detection/recognition (128-d repeated to 512-d), full-size EVA02-CLIP-L-14-336 "

@@ -32,7 +32,10 @@ class StaticReplay:
                 self.function(*self.static_inputs)
         torch.cuda.current_stream().wait_stream(side_stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # The outer stream context puts the caller's stream back even when the capture fails: torch.cuda.graph's
+        # __exit__ leaves its capture stream current when capture_end raises (an op that cannot be captured), and
+        # the eager fallback would then run on it.
+        with torch.cuda.stream(torch.cuda.current_stream()), torch.cuda.graph(self.graph):
             output = self.function(*self.static_inputs)
         return output
 

@@ -1,0 +1,77 @@
+"""tools/gpu_check.py --dry-run: every step of the GPU check (install from a carry folder, the GPU tier, each
+benchmark) runs on the CPU at tiny sizes, so the script cannot rot between the rare runs on a GPU machine; its
+results are marked and never touch the results of record. And the GPU tier fails, never skips, without CUDA."""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import gpu_check
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STEPS = ["gpu-tier", "P1-graphs", "P3", "P3-lora", "P5", "P2", "P1", "P4"]
+
+
+def records() -> dict:
+    """benchmarks/results and RESULTS.md as they are: a dry run must leave them so."""
+    files = [*sorted((REPO_ROOT / "benchmarks" / "results").glob("*")), REPO_ROOT / "benchmarks" / "RESULTS.md"]
+    return {file.name: (file.stat().st_mtime_ns, file.read_bytes()) for file in files}
+
+
+def test_the_dry_run_passes_every_step_and_leaves_the_records_alone(tmp_path):
+    before = records()
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "tools/gpu_check.py", "--dry-run", "--out", str(out)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert records() == before, "a dry run wrote to benchmarks/results or RESULTS.md"
+
+    summary = (out / "summary.txt").read_text()
+    assert done.stdout.rstrip().endswith(summary.rstrip()), "the summary is printed last"
+    assert "RESULT: every step passed" in summary and "DRY RUN" in summary.splitlines()[0]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["mode"] == "dry-run" and report["ok"]
+    assert report["install"]["comfyui"] == "0.3.75" and report["install"]["wheels"] == [gpu_check.PROBE_WHEEL]
+    assert list(report["steps"]) == STEPS
+    assert all(step["status"] == "ok" for step in report["steps"].values()), report["steps"]
+    assert report["steps"]["gpu-tier"]["line"].startswith("8 passed")
+    for name in STEPS[1:]:
+        result = report["steps"][name]["result"]
+        assert result["dry_run"] is True and result["device"].startswith("CPU"), name
+    assert len(report["goals"]) == 7 and all("DRY RUN" in line and "MET" not in line for line in report["goals"])
+    p3 = next(line for line in report["goals"] if line.startswith("P3 "))
+    assert "bf16 autocast with float32 weights, gradient checkpointing on, full fine-tuning, fused AdamW, EMA" in p3
+
+    assert sorted(path.name for path in out.iterdir()) == ["RESULTS.new-rows.md", "gpu_check.json", "gpu_check.log",
+                                                           "results.tar.gz", "summary.txt"]  # the device tool takes 8
+    rows = (out / "RESULTS.new-rows.md").read_text().splitlines()
+    assert len(rows) == 7 and all("DRY RUN" in row for row in rows)  # one per benchmark step
+    with tarfile.open(out / "results.tar.gz") as archive:
+        names = archive.getnames()
+    assert "gpu-check/junit-gpu.xml" in names and "dry-results/fast_path.json" in names
+    assert not [name for name in names if name.startswith("benchmarks/")], "a dry run packs no record"
+
+
+def test_without_cuda_the_gpu_tier_fails_instead_of_skipping():
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    env.pop("ONESTEP_GPU_DRY_RUN", None)
+    done = subprocess.run([sys.executable, "-m", "pytest", "tests/gpu/test_fsdp_cuda.py", "-q"], cwd=REPO_ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout[-3000:]
+    assert "tests/gpu needs CUDA and torch.cuda.is_available() is False" in done.stdout
+    assert "1 error" in done.stdout and "skipped" not in done.stdout
+
+
+def test_a_step_that_does_not_fit_the_budget_is_skipped_and_said(tmp_path):
+    log = gpu_check.Log(tmp_path / "log")
+    step = gpu_check.Step("P9", [sys.executable, "-c", "raise SystemExit(3)"], cap_s=30, min_s=20, leave_s=5)
+    gpu_check.run_step(step, gpu_check.Budget(25.0), {**os.environ}, log, tmp_path, dry=True)
+    assert step.status == "skipped" and "out of time" in step.line  # 25 s minus the summary's 10 s < 20 s
+    gpu_check.run_step(step, gpu_check.Budget(40.0), {**os.environ}, log, tmp_path, dry=True)
+    assert step.status == "failed" and step.line.startswith("exit 3")  # it may take what it would leave the next
+    slow = gpu_check.Step("P8", [sys.executable, "-c", "import time; time.sleep(60)"], cap_s=2, min_s=1)
+    gpu_check.run_step(slow, gpu_check.Budget(100.0), {**os.environ}, log, tmp_path, dry=True)
+    assert slow.status == "timed out" and slow.seconds < 10
