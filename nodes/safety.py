@@ -21,7 +21,7 @@ from comfy_api.latest import io
 
 from ..pulid.face_analysis import InsightFaceAnalyzer, YuNetSFaceAnalyzer
 from ..pulid.face_crop import images_to_uint8
-from ..safety.audit import AuditChecks, check_batch, render_table, run_audit
+from ..safety.audit import OVERALL, AuditChecks, check_batch, render_table, run_audit
 from ..safety.detectors import EXPLICIT_LABELS, NudeNetCheck, ProfanityToxicity
 from ..safety.errors import SafetyInputError
 from ..safety.fairness import GENDERAGE_FILE, InsightFaceGenderAge
@@ -256,7 +256,10 @@ class OneStepSafetyCheck(io.ComfyNode):
                                      tooltip="The batch, flagged images replaced by gray."),
                      io.String.Output("report", display_name="report",
                                       tooltip="JSON: per image its flags, reasons and scores."),
-                     io.Int.Output("flagged", display_name="flagged", tooltip="How many images were flagged.")],
+                     io.Int.Output("flagged", display_name="flagged", tooltip="How many images were flagged."),
+                     io.String.Output("summary", display_name="summary",
+                                      tooltip="One line: how many images were flagged and why. Wire it "
+                                              "to Preview as Text to read it on the canvas.")],
         )
 
     @classmethod
@@ -284,7 +287,17 @@ class OneStepSafetyCheck(io.ComfyNode):
         report = json.dumps({"checks": checks.names(), "flagged": flagged, "images": results}, indent=1)
         summary = f"{flagged} of {len(results)} image(s) flagged" + "".join(
             f"; image {r['index']}: {', '.join(r['reasons'])}" for r in results if r["flagged"])
-        return io.NodeOutput(filtered, report, flagged, ui={"text": [summary]})
+        return io.NodeOutput(filtered, report, flagged, summary, ui={"text": [summary]})
+
+
+def audit_rate_lines(report: dict) -> list[str]:
+    """One line per overall rate of an audit report: teacher, student and the difference."""
+    def number(value):
+        return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
+
+    return [f"{name}: teacher {number(rates.get('teacher'))}, student {number(rates.get('student'))}, "
+            f"difference {number(rates.get('difference'))}"
+            for name, rates in report.get(OVERALL, {}).get("rates", {}).items()]
 
 
 def decode_pixels(samples: torch.Tensor) -> list[np.ndarray]:
@@ -444,7 +457,10 @@ class OneStepSafetyAudit(io.ComfyNode):
                                      tooltip="The per-category table: teacher, student, difference."),
                      io.String.Output("report", display_name="report", tooltip="The JSON report."),
                      io.String.Output("report_path", display_name="report_path",
-                                      tooltip="Where the JSON report was written.")],
+                                      tooltip="Where the JSON report was written."),
+                     io.String.Output("summary", display_name="summary",
+                                      tooltip="One line: prompts, blocked prompts, where the report is. "
+                                              "Wire it to Preview as Text to read it on the canvas.")],
             is_output_node=True,
         )
 
@@ -488,5 +504,6 @@ class OneStepSafetyAudit(io.ComfyNode):
         text = json.dumps(report, indent=1)
         path.write_text(text + "\n", encoding="utf-8")
         table = torch.from_numpy(np.asarray(render_table(report), dtype=np.float32) / 255.0)[None]
-        summary = (f"safety audit of {len(entries)} prompt(s) ({len(report['blocked'])} blocked) written to {path}")
-        return io.NodeOutput(table, text, str(path), ui={"text": [summary]})
+        summary = "\n".join([f"safety audit of {len(entries)} prompt(s) ({len(report['blocked'])} blocked)",
+                              *audit_rate_lines(report), f"report written to {path}"])
+        return io.NodeOutput(table, text, str(path), summary, ui={"text": [summary]})

@@ -9,11 +9,17 @@ from comfy_api.latest import io
 
 from ..distill.network_file import save_network
 from ..distill.student_file import StudentFileError, StudentInfo, read_student_metadata, write_safetensors_atomic
+from .model_folders import unlisted_file_error
 from .pack_models import FOLDER as PACK_FOLDER
 from .pack_models import PackEDMModel, register_model_folder
 from .presets import STUDENT_INFO_KEY
 
 STUDENT_FOLDER = "diffusion_models"
+
+
+def student_files() -> list[str]:
+    """The safetensors files of models/diffusion_models (and models/unet): the only kind the node loads."""
+    return [name for name in folder_paths.get_filename_list(STUDENT_FOLDER) if name.endswith(".safetensors")]
 
 
 class OneStepLoadStudent(io.ComfyNode):
@@ -28,7 +34,7 @@ class OneStepLoadStudent(io.ComfyNode):
                         "tools/convert_student.py.",
             inputs=[
                 io.Combo.Input(
-                    "student_name", options=folder_paths.get_filename_list(STUDENT_FOLDER),
+                    "student_name", options=student_files(),
                     tooltip="A .safetensors student in models/diffusion_models (or models/unet).",
                 ),
             ],
@@ -39,6 +45,17 @@ class OneStepLoadStudent(io.ComfyNode):
                                  tooltip="What the file's metadata says: preset, noise level, method, teacher."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, student_name) -> bool | str:
+        if not student_name.endswith(".safetensors"):
+            return (f"OneStep Load Student: '{student_name}' is not a safetensors file; the node never unpickles a "
+                    "file. Convert it once, offline: python tools/convert_student.py --allow-pickle "
+                    f"{student_name} <models/diffusion_models>/<name>.safetensors")
+        return unlisted_file_error("OneStep Load Student", student_name, student_files(),
+                                   folder_paths.get_folder_paths(STUDENT_FOLDER),
+                                   "Put the student's .safetensors file there (convert released pickles with "
+                                   "tools/convert_student.py), or pick one of the files found.")
 
     @classmethod
     def execute(cls, student_name) -> io.NodeOutput:

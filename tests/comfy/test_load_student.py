@@ -55,3 +55,14 @@ def test_diffusers_layout_student_loads_to_the_same_weights(students):
 def test_a_pickle_is_refused_before_anything_is_unpickled(students):
     with pytest.raises(StudentFileError, match="OneStep Load Student: 'pickled.ckpt' is not a safetensors file"):
         OneStepLoadStudent.execute("pickled.ckpt")
+
+
+def test_the_list_holds_only_safetensors_and_a_bad_name_is_refused_when_queued(students):
+    options = OneStepLoadStudent.GET_SCHEMA().inputs[0].options
+    assert "comfy_layout.safetensors" in options and "pickled.ckpt" not in options
+    assert OneStepLoadStudent.validate_inputs("comfy_layout.safetensors") is True
+    pickled = OneStepLoadStudent.validate_inputs("pickled.ckpt")
+    assert "'pickled.ckpt' is not a safetensors file" in pickled and "convert_student.py --allow-pickle" in pickled
+    missing = OneStepLoadStudent.validate_inputs("gone.safetensors")
+    assert missing.startswith("OneStep Load Student: 'gone.safetensors' is not among the files it can load")
+    assert str(students[0]) in missing and "comfy_layout.safetensors" in missing

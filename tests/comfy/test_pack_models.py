@@ -46,3 +46,17 @@ def test_loader_reads_pack_network_files_and_refuses_others(tiny_edm_network, tm
     assert model.get_model_object("latent_format").latent_channels == 1
     with pytest.raises(Exception, match="not an EDM network saved by this pack"):
         OneStepLoadPackModel.execute("not_a_network.safetensors")
+
+
+def test_load_pack_model_offers_only_edm_networks_and_names_a_missing_one_when_queued():
+    options = OneStepLoadPackModel.GET_SCHEMA().inputs[0].options
+    assert "teacher.safetensors" in options
+    for not_a_model in ("MODEL_CARD.md", "teacher_samples_35nfe.png", "classifier.safetensors",
+                        "reference_stats.safetensors"):
+        assert not_a_model not in options
+    assert OneStepLoadPackModel.validate_inputs("teacher.safetensors") is True
+    message = OneStepLoadPackModel.validate_inputs("fmnist_sid_student.safetensors")
+    assert message.startswith("OneStep Load Pack Model: 'fmnist_sid_student.safetensors' is not among the files")
+    assert "onestep" in message and "teacher.safetensors" in message and "onestep_distill_fmnist" in message
+    assert "not an EDM network" not in message
+    assert "MODEL_CARD.md" in OneStepLoadPackModel.validate_inputs("MODEL_CARD.md")

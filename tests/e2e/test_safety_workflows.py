@@ -66,7 +66,9 @@ def test_audit_refuses_minors_before_generation_and_names_bad_prompt_lines(serve
     prompt[audit_id]["inputs"]["prompt_file"] = "audit_prompts.jsonl"
     result = server.run_prompt(prompt)
     assert result["error"] is None, result["error"]
-    (text,) = [t for output in result["history"]["outputs"].values() for t in output.get("text", [])]
+    (text,) = result["history"]["outputs"][audit_id]["text"]
+    shown = result["history"]["outputs"][node_id_of(prompt, "PreviewAny")]["text"]
+    assert shown == [text], "the workflow shows the audit's summary on the canvas (Preview as Text)"
     report = json.loads(open(text.rsplit(" written to ", 1)[1]).read())
     assert report["categories"]["sexual"] == {**report["categories"]["sexual"], "prompts": 1, "blocked": 1}
     assert report["categories"]["sexual"]["counts"]["teacher"]["images"] == 0

@@ -18,6 +18,7 @@ WORKFLOWS = ["onestep_distill_fmnist", "onestep_distill_sd15", "onestep_sid_lsg_
 TEST_SIZE = 64  # pixels: the random SD1.5 files are full size, the images are tiny so the CPU run is quick
 TEACHER_TEST_STEPS = 3  # the shipped 25 cost ~3 minutes of full-size UNet calls on a 2-core CPU
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+FRONTEND_ONLY_NODES = {"MarkdownNote", "Note"}  # never sent to the server
 
 
 def shrink(prompt: dict) -> dict:
@@ -63,6 +64,8 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
     links = {link[0]: link for link in ui["links"]}
     prompt = {}
     for node in ui["nodes"]:
+        if node["type"] in FRONTEND_ONLY_NODES:
+            continue
         schema = object_info[node["type"]]["input"]
         specs = {**schema.get("required", {}), **schema.get("optional", {})}
         order = object_info[node["type"]]["input_order"]
@@ -77,8 +80,10 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
             if not (isinstance(spec[0], list) or spec[0] in WIDGET_TYPES):
                 continue
             inputs[name] = next(values)
-            if len(spec) > 1 and spec[1].get("control_after_generate"):
-                next(values)
+            options = spec[1] if len(spec) > 1 else {}
+            # the frontend's rule: a control_after_generate widget follows every INT input named seed / noise_seed
+            if options.get("control_after_generate") or (spec[0] == "INT" and name in ("seed", "noise_seed")):
+                assert next(values, None) in ("fixed", "increment", "decrement", "randomize"), f"{name}'s control"
         assert next(values, None) is None, f"{node['type']} has more widget values than widgets"
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
@@ -128,8 +133,9 @@ def test_distillation_workflow_trains_saves_and_scores_a_student(server):
     curve, grid = sorted(images_of(server, result), key=lambda image: image.size)
     assert curve.size == (640, 320)
     assert grid.size == (4 * (10 * 29 + 1), 4 * (4 * 29 + 1)), "10 classes x (2 teacher + 2 student rows)"
-    (report,) = [text for output in result["history"]["outputs"].values() for text in output.get("text", [])]
+    (report,) = result["history"]["outputs"][node_id_of(prompt, "OneStepFDFMNIST")]["text"]
     assert report.startswith("FD-FMNIST over 30 samples (not FID): teacher 35 NFE ")
+    assert result["history"]["outputs"][node_id_of(prompt, "PreviewAny")]["text"] == [report], "shown on the canvas"
     previews = [m for m in result["messages"] if m["type"] == "progress" and m["data"]["max"] == 4]
     assert previews and previews[-1]["data"]["value"] == 4
     assert (server.base_dir / "models" / "onestep" / "fmnist_sid_student.safetensors").is_file()
@@ -188,8 +194,18 @@ def test_bad_input_gets_clear_errors_and_the_server_keeps_serving(server):
     pickle_student = copy.deepcopy(good)
     pickle_student[student_id]["inputs"]["student_name"] = "not_a_student.ckpt"
     result = server.run_prompt(pickle_student)
-    assert "'not_a_student.ckpt' is not a safetensors file" in result["error"]["exception_message"]
-    assert "convert_student.py --allow-pickle" in result["error"]["exception_message"]
+    assert result["status"] == 400, "refused when queued, before the big checkpoint loads"
+    message = str(result["response"]["node_errors"][student_id])
+    assert "'not_a_student.ckpt' is not a safetensors file" in message
+    assert "convert_student.py --allow-pickle" in message
+
+    missing_student = copy.deepcopy(good)
+    missing_student[student_id]["inputs"]["student_name"] = "no_such_student.safetensors"
+    result = server.run_prompt(missing_student)
+    assert result["status"] == 400
+    message = str(result["response"]["node_errors"][student_id])
+    assert "OneStep Load Student: 'no_such_student.safetensors' is not among the files" in message
+    assert "diffusion_models" in message and "sid_lsg_sd15_cfg1.5.safetensors" in message
 
     pixart_preset = copy.deepcopy(good)
     pixart_preset[generate_id]["inputs"]["preset"] = "sim-pixart"
