@@ -18,6 +18,7 @@ WORKFLOWS = ["onestep_distill_fmnist", "onestep_distill_sd15", "onestep_sid_lsg_
 TEST_SIZE = 64  # pixels: the random SD1.5 files are full size, the images are tiny so the CPU run is quick
 TEACHER_TEST_STEPS = 3  # the shipped 25 cost ~3 minutes of full-size UNet calls on a 2-core CPU
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+MISSING = object()
 
 
 def shrink(prompt: dict) -> dict:
@@ -65,6 +66,7 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
         linked = {entry["name"]: links[entry["link"]] for entry in node["inputs"] if entry["link"] is not None}
         values = iter(node["widgets_values"])
         inputs = {}
+        optional = set(order.get("optional", []))
         for name in order.get("required", []) + order.get("optional", []):
             if name in linked:
                 inputs[name] = [str(linked[name][1]), linked[name][2]]
@@ -72,7 +74,10 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
             spec = specs[name]
             if not (isinstance(spec[0], list) or spec[0] in WIDGET_TYPES):
                 continue
-            inputs[name] = next(values)
+            value = next(values, MISSING)
+            if value is MISSING and name in optional:
+                continue  # an optional widget added after the workflow was saved: the frontend keeps its default
+            inputs[name] = value
             if len(spec) > 1 and spec[1].get("control_after_generate"):
                 next(values)
         assert next(values, None) is None, f"{node['type']} has more widget values than widgets"
