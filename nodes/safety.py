@@ -166,10 +166,16 @@ class OneStepProtectedIdentities(io.ComfyNode):
     def fingerprint_inputs(cls, source, path, face_model, save_as, overwrite=False, **_) -> str:
         """mtime and size of the saved gallery, or of the photo folder's files: changed files are read again."""
         try:
+            saved = ""
+            if save_as.strip():  # the same save queued again runs again (refused, or overwrites)
+                saved = files.file_fingerprint(files.model_folder_path("", "save_as", IDENTITIES_FOLDER,
+                                                                       f"{save_as.strip()}.safetensors"))
             if source == "photo folder":
                 folder = files.input_path("", "path", path)
-                return "|".join(files.file_fingerprint(p) for p in sorted(folder.iterdir())) if folder.is_dir() else ""
-            return files.file_fingerprint(files.model_folder_path("", "path", IDENTITIES_FOLDER, path))
+                listing = sorted(folder.iterdir()) if folder.is_dir() else []
+                photos = "|".join(files.file_fingerprint(p) for p in listing)
+                return f"{photos}>{saved}"
+            return f"{files.file_fingerprint(files.model_folder_path('', 'path', IDENTITIES_FOLDER, path))}>{saved}"
         except (files.PathInputError, OSError):
             return "refused"  # execute says why
 

@@ -100,6 +100,18 @@ class OneStepSaveStudent(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, name, overwrite=False, **_) -> str:
+        """The target file's mtime and size: queueing the same save again runs again (and is refused, or overwrites),
+        instead of ComfyUI's cache reporting a save that did not happen."""
+        file_name = f"{name.strip().removesuffix('.safetensors')}.safetensors"
+        try:
+            register_model_folder()
+            return "|".join(file_fingerprint(folder_paths.get_full_path(folder, file_name))
+                            for folder in (PACK_FOLDER, STUDENT_FOLDER))
+        except (OSError, ValueError):
+            return "unnamed"  # execute says why
+
+    @classmethod
     def execute(cls, student, name, overwrite=False) -> io.NodeOutput:
         node = "OneStep Save Student"
         info = student.model_options.get(STUDENT_INFO_KEY) or StudentInfo()

@@ -316,7 +316,7 @@ CASES = [
      ["OneStep Prompt Source: prompt_file", "NUL byte"]),
     ("prompt_source_prompt_too_long",
      lambda b: train_prompt("ps", prompt_source=dict(kind="text", prompts=HUGE_PROMPT)),
-     ["OneStep Prompt Source: prompt 1: the prompt is 108000 characters long"]),
+     ["OneStep Prompt Source: prompt 1: the prompt is", "characters long, more than the 10000 accepted"]),
     ("prompt_source_empty_text", lambda b: train_prompt("ps", prompt_source=dict(kind="text")),
      ["OneStep Prompt Source: the prompt list is empty"]),
     ("labels_huge_range", lambda b: train_prompt("ps", labels="0-99999999"),
@@ -379,11 +379,11 @@ CASES = [
      ["PuLID Load EVA-CLIP: garbage_eva.pt is not a readable EVA-CLIP weights file"]),
     # Safety Check / Prompt Gate
     ("safety_check_prompt_too_long", lambda b: safety_check_prompt(HUGE_PROMPT),
-     ["OneStep Safety Check: the prompt is 108000 characters long"]),
+     ["OneStep Safety Check: the prompt is", "characters long, more than the 10000 accepted"]),
     ("safety_check_prompt_count", lambda b: safety_check_prompt("a\nb\nc"),
      ["OneStep Safety Check: 3 prompt lines for 1 images"]),
     ("prompt_gate_100kB_prompt", lambda b: sd15_prompt_gate(HUGE_PROMPT),
-     ["OneStep Safety Prompt Gate: the prompt is 108000 characters long"]),
+     ["OneStep Safety Prompt Gate: the prompt is 108000 characters long, more than the 10000 accepted"]),
 ]
 
 
@@ -508,9 +508,9 @@ def ema_weights(run_dir: Path, step: int) -> dict:
     return load_file(str(run_dir / f"step_{step:06d}" / "generator_ema.safetensors"))
 
 
-@pytest.mark.parametrize("checkpoint_every", [0, 1000])
-def test_cancel_writes_a_checkpoint_and_resume_ends_equal_to_an_uninterrupted_run(server, checkpoint_every):
-    """checkpoint_every 0 ("only at the end and on interrupt") and 1000 (no periodic checkpoint reached)."""
+def test_cancel_writes_a_checkpoint_and_resume_ends_equal_to_an_uninterrupted_run(server):
+    """checkpoint_every 0: "only at the end and on interrupt" (before, a Cancel left no run folder at all)."""
+    checkpoint_every = 0
     run = f"cancel_{checkpoint_every}"
     long_run = train_prompt(run, iterations=100_000, batch_size=2, checkpoint_every=checkpoint_every)
     seen, messages = run_until_step_then_interrupt(server, long_run, step=3)
