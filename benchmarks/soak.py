@@ -112,7 +112,7 @@ def main() -> int:
         summary = (f"{completed}/{args.prompts} one-step prompts completed, {result['prompts_per_min']} prompts/min, "
                    f"RSS growth x{growth:.4f} from prompt {result['rss_baseline_prompt']} to {args.prompts} "
                    f"({baseline} -> {by_prompt[args.prompts]} kB), repeated images identical: "
-                   f"{result['deterministic']} ({result['workload']}; {result['device']})")
+                   f"{result['deterministic']} ({result['workload']})")
         write_result("soak", result, command, summary)
     return 0 if completed == args.prompts and growth < 1.05 and result["deterministic"] else 1
 
