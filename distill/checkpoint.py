@@ -18,13 +18,17 @@ hashes before reading a byte of tensor data, and never unpickles anything.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import random
 import re
 import shutil
-from collections.abc import Iterable
+import socket
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,7 @@ from safetensors.torch import load_file, save_file
 FORMAT_VERSION = 1
 STATE_FILE = "state.json"
 LATEST_FILE = "latest"
+LOCK_FILE = ".lock"
 OPTIMIZERS_FILE = "optimizers.safetensors"
 RNG_FILE = "rng.safetensors"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -47,6 +52,50 @@ class CheckpointError(RuntimeError):
 
 class CheckpointMismatch(CheckpointError):
     """A checkpoint written by a different config or network."""
+
+
+class RunFolderLocked(CheckpointError):
+    """Another process is writing this run folder."""
+
+
+# --- one writer per run folder -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, owner: str = "") -> Iterator[Path]:
+    """Hold ``run_dir/.lock`` exclusively while a run writes the folder; a second writer is refused with a message
+    naming the holder (host, pid, since when). ``fcntl.flock`` locks belong to the open file, so the kernel releases
+    the lock when the holder exits or is killed: a stale lock file never blocks a later run."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "a process that wrote no name"
+            raise RunFolderLocked(f"{run_dir} is being written by another run ({holder}); wait for it to finish or "
+                                  f"stop it, or choose another run name") from None
+        description = f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (description + (f", {owner}" if owner else "")).encode(), 0)
+        try:
+            yield run_dir / LOCK_FILE
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_config(path: Path) -> dict:
+    """The config recorded in a checkpoint folder's manifest (refuses a missing or corrupt one)."""
+    return _read_manifest(Path(path))["config"]
+
+
+def config_difference(here: dict, recorded: dict, ignore: Iterable[str] = ()) -> str | None:
+    """The first setting in which two run configs differ (ignoring ``ignore``), or None."""
+    return _first_difference(here, recorded, ignore)
 
 
 # --- durable file-system primitives ----------------------------------------------------------

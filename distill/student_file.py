@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 METADATA_PREFIX = "onestep."
 SIM_KEY_PREFIX_LENGTH = 7
+FILE_MODE = 0o644  # model files are meant to be shared, as ComfyUI's own outputs are
 
 
 class StudentFileError(ValueError):
@@ -52,22 +53,42 @@ class StudentInfo:
 
 def is_safetensors(path: str | os.PathLike) -> bool:
     """True when the file parses as safetensors (header length, then a JSON header)."""
+    return safetensors_problem(path) is None
+
+
+def safetensors_problem(path: str | os.PathLike) -> str | None:
+    """None for a readable safetensors file, else why it is not one (safetensors' own words)."""
     try:
         with safe_open(str(path), framework="pt"):
-            return True
-    except Exception:
-        return False
+            return None
+    except Exception as error:
+        return str(error).strip() or type(error).__name__
+
+
+def looks_like_pickle(path: str | os.PathLike) -> bool:
+    """A pickle (protocol 2+ starts with 0x80) or torch's zip format (starts with 'PK'): what the converter reads."""
+    with open(path, "rb") as file:
+        head = file.read(2)
+    return head[:1] == b"\x80" or head == b"PK"
+
+
+def not_safetensors_message(path: str | os.PathLike) -> str:
+    """Why a file is not a usable safetensors file, and the fix: the converter for pickles, a new copy otherwise."""
+    path = Path(path)
+    if looks_like_pickle(path):
+        return (f"'{path.name}' is not a safetensors file (it is a pickle / torch checkpoint). Student weights load "
+                f"only from safetensors; convert a released .pt/.pkl checkpoint offline with "
+                f"`python tools/convert_student.py --allow-pickle {path.name} OUT.safetensors`.")
+    return (f"'{path.name}' is not a readable safetensors file ({safetensors_problem(path)}): it is truncated or "
+            f"damaged (an interrupted download or copy?). Download or save it again; it is not a pickle, so the "
+            f"converter cannot help.")
 
 
 def read_student_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The safetensors metadata of a student file; refuses anything that is not safetensors."""
     path = Path(path)
     if path.suffix.lower() not in (".safetensors", ".sft") or not is_safetensors(path):
-        raise StudentFileError(
-            f"'{path.name}' is not a safetensors file. Student weights load only from safetensors; "
-            f"convert a released .pt/.pkl checkpoint offline with "
-            f"`python tools/convert_student.py --allow-pickle {path.name} OUT.safetensors`."
-        )
+        raise StudentFileError(not_safetensors_message(path))
     with safe_open(str(path), framework="pt") as handle:
         return handle.metadata() or {}
 
@@ -75,26 +96,24 @@ def read_student_metadata(path: str | os.PathLike) -> dict[str, str]:
 def write_safetensors_atomic(
     path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 ) -> None:
-    """Write safetensors through a temporary file, fsync and rename, so a crash never leaves half a file."""
+    """Write safetensors through a temporary file, fsync and rename, so a crash never leaves half a file.
+
+    The file ends up 0644, as ComfyUI's SaveImage writes images: the mode is set on the written temporary file just
+    before the rename (safetensors may recreate the file it writes), and the process umask is never changed (a
+    ComfyUI server is multi-threaded)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
-    os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes 0600; model files are meant to be shared
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, temporary, metadata=metadata)
         with open(temporary, "rb") as written:
+            os.fchmod(written.fileno(), FILE_MODE)
             os.fsync(written.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def strip_key_prefix(state_dict: dict[str, torch.Tensor], length: int) -> dict[str, torch.Tensor]:

@@ -507,7 +507,10 @@ class Distiller:
                 on_progress(self.step, cfg.steps, losses)
             if on_preview is not None and cfg.preview_every and self.step % cfg.preview_every == 0:
                 on_preview(self.step, self.preview())
-            if run_dir is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            # no periodic checkpoint inside a run of non-finite steps: if the run diverges (DivergenceError), the
+            # folder's latest checkpoint is the last good one
+            if (run_dir is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+                    and self.nonfinite_streak == 0):
                 self.save(run_dir)
                 saved_step = self.step
                 if on_checkpoint is not None:

@@ -6,8 +6,10 @@ interface ``D(x, sigma, cond) -> x0`` and reports progress, previews, interrupts
 
 import copy
 import hashlib
+import logging
+import math
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import comfy.model_base
 import comfy.model_management
@@ -18,7 +20,14 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
-from ..distill.checkpoint import latest_checkpoint
+from ..distill.checkpoint import (
+    CheckpointError,
+    RunFolderLocked,
+    checkpoint_config,
+    config_difference,
+    latest_checkpoint,
+    run_lock,
+)
 from ..distill.conditions import condition_rows, condition_to, expand_rows, map_condition, take_rows
 from ..distill.job import write_job
 from ..distill.lora import adapter_parameter_count, has_lora, merged_copy
@@ -26,9 +35,12 @@ from ..distill.memory import training_memory_bytes
 from ..distill.networks import EDMDenoiser
 from ..distill.one_step import SIGMA_INIT_EDM, TIMESTEP_INIT_SID_LSG
 from ..distill.student_file import StudentInfo
-from ..distill.training import METHODS, DistillConfig, Distiller
+from ..distill.training import METHODS, DistillConfig, Distiller, DivergenceError
+from ..safety.errors import SafetyInputError
+from ..safety.prompts import prompt_length_problem, read_text_lines
+from . import files
 from .model_copies import base_model_copy
-from .pack_models import PackEDMModel, PixelLatent, edm_model_patcher
+from .pack_models import PackEDMModel, PixelLatent, check_pixel_shape, edm_model_patcher
 from .presets import STUDENT_INFO_KEY, schedule_of
 from .training_images import grayscale_grid, training_curve
 
@@ -36,6 +48,9 @@ NODE = "OneStep Distill Trainer"
 CONFIG = io.Custom("ONESTEP_DISTILL_CONFIG")
 PROMPTS = io.Custom("ONESTEP_PROMPTS")
 RUNS_FOLDER = "onestep_runs"
+MAX_LABELS = 100_000  # labels a prompt source may expand to (ranges are checked before they are expanded)
+MAX_PROMPTS = 100_000  # text prompts, each encoded once
+LOG = logging.getLogger(__name__)
 
 
 class TrainerInputError(ValueError):
@@ -297,8 +312,8 @@ class OneStepPromptSource(io.ComfyNode):
                 io.String.Input("labels", default="0-9", tooltip="Class labels, e.g. '0-9' or '0, 3, 7'."),
                 io.String.Input("prompts", default="", multiline=True, tooltip="Text prompts, one per line."),
                 io.String.Input("prompt_file", default="",
-                                tooltip="Optional text file of prompts, one per line (absolute, or under ComfyUI's "
-                                        "input folder)."),
+                                tooltip="Optional UTF-8 text file of prompts, one per line, under ComfyUI's input "
+                                        "folder (a relative name; absolute paths and '..' are refused)."),
                 io.Clip.Input("clip", optional=True, tooltip="The teacher's text encoder (text prompts only)."),
             ],
             outputs=[PROMPTS.Output(display_name="prompts", tooltip="Connect to OneStep Distill Trainer.")],
@@ -314,6 +329,12 @@ class OneStepPromptSource(io.ComfyNode):
         if not lines:
             raise TrainerInputError("OneStep Prompt Source: the prompt list is empty; type prompts (one per line) "
                                     "or name a prompt file.")
+        if len(lines) > MAX_PROMPTS:
+            raise TrainerInputError(f"OneStep Prompt Source: {len(lines)} prompts, more than the {MAX_PROMPTS} "
+                                    "accepted; use a sample of them.")
+        for number, line in enumerate(lines, start=1):
+            if problem := prompt_length_problem(line):
+                raise TrainerInputError(f"OneStep Prompt Source: prompt {number}: {problem}.")
         if clip is None:
             raise TrainerInputError("OneStep Prompt Source: text prompts need the teacher's CLIP connected.")
         encoded = [encode(clip, line) for line in lines]
@@ -324,27 +345,40 @@ class OneStepPromptSource(io.ComfyNode):
 
 
 def parse_labels(text: str) -> torch.Tensor:
-    labels = []
+    """'0-9' or '0, 3, 7' as a tensor of labels; every range is checked before it is expanded."""
+    node = "OneStep Prompt Source"
+    ranges = []
     for part in text.replace(" ", "").split(","):
         if not part:
             continue
+        first, dash, last = part.partition("-")
         try:
-            first, _, last = part.partition("-")
-            labels += list(range(int(first), int(last or first) + 1))
+            first, last = int(first), int(last) if dash else int(first)
         except ValueError:
-            raise TrainerInputError(
-                f"OneStep Prompt Source: cannot read '{part}' as a label or range (e.g. 0-9)."
-            ) from None
-    if not labels or min(labels) < 0:
-        raise TrainerInputError(f"OneStep Prompt Source: give at least one label, none negative; got '{text}'.")
-    return torch.tensor(labels)
+            raise TrainerInputError(f"{node}: cannot read '{part[:40]}' as a label or range (e.g. 0-9).") from None
+        if first < 0 or last < first:
+            raise TrainerInputError(f"{node}: '{part[:40]}' is not a range of non-negative labels, low-high "
+                                    "(e.g. 0-9).")
+        ranges.append((first, last))
+    if not ranges:
+        raise TrainerInputError(f"{node}: give at least one label, none negative; got '{text[:80]}'.")
+    count = sum(last - first + 1 for first, last in ranges)
+    if count > MAX_LABELS:
+        raise TrainerInputError(f"{node}: labels '{text[:80]}' expand to {count} labels, more than the {MAX_LABELS} "
+                                "accepted; give the teacher's class range (Fashion-MNIST: 0-9).")
+    return torch.cat([torch.arange(first, last + 1) for first, last in ranges])
 
 
 def read_prompt_file(name: str) -> list[str]:
-    path = Path(name) if Path(name).is_absolute() else Path(folder_paths.get_input_directory()) / name
+    node = "OneStep Prompt Source"
+    path = files.input_path(node, "prompt_file", name)
     if not path.is_file():
-        raise TrainerInputError(f"OneStep Prompt Source: no prompt file at {path}.")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        raise TrainerInputError(f"{node}: no prompt file at {path}; put it in ComfyUI's input folder.")
+    try:
+        lines = read_text_lines(path)
+    except SafetyInputError as error:
+        raise TrainerInputError(f"{node}: prompt_file {error}") from None
+    return [line.strip() for line in lines if line.strip()]
 
 
 def encode(clip, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -375,15 +409,18 @@ class OneStepDistillTrainer(io.ComfyNode):
             display_name="OneStep Distill Trainer",
             category="OneStep/training",
             description="Distill the teacher into a one-step student (SiD / SiD-LSG / SIM). Progress and EMA previews "
-                        "show on the node; Cancel stops after writing a checkpoint; 'resume' continues a run.",
+                        "show on the node; Cancel ends the current iteration, writes a checkpoint and stops; "
+                        "'resume' continues a run.",
             inputs=[
                 io.Model.Input("teacher", tooltip="The teacher, used frozen (EDM or DDPM eps/v models)."),
                 PROMPTS.Input("prompts", tooltip="From OneStep Prompt Source."),
                 CONFIG.Input("config", tooltip="From OneStep Distill Config."),
                 io.String.Input("run_name", default="fmnist_sid",
-                                tooltip="Checkpoints go to output/onestep_runs/<run_name>."),
+                                tooltip="Checkpoints go to output/onestep_runs/<run_name> (a plain folder name). The "
+                                        "folder is locked while a run writes it."),
                 io.Boolean.Input("resume", default=True,
-                                 tooltip="Continue from the run folder's latest checkpoint when there is one."),
+                                 tooltip="Continue from the run folder's latest checkpoint when there is one "
+                                         "(iterations must be at least the steps already done)."),
             ],
             outputs=[
                 io.Model.Output("student", display_name="student",
@@ -391,6 +428,9 @@ class OneStepDistillTrainer(io.ComfyNode):
                 io.String.Output("run_folder", display_name="run_folder", tooltip="Where the checkpoints are."),
                 io.Image.Output("curve", display_name="curve",
                                 tooltip="Generator and fake-score losses (they swing: judge by samples)."),
+                io.String.Output("report", display_name="report",
+                                 tooltip="Steps trained and how many samples were non-finite and dropped (also in "
+                                         "the log)."),
             ],
         )
 
@@ -398,37 +438,101 @@ class OneStepDistillTrainer(io.ComfyNode):
     def execute(cls, teacher, prompts, config, run_name, resume) -> io.NodeOutput:
         run_dir = run_folder(run_name)
         settings, preset, prompts = run_settings(teacher, prompts, config)
+        check_training_memory(teacher, settings)
         latent_format = teacher.get_model_object("latent_format")
-        reserve_training_memory(teacher, settings)
-        device = teacher.load_device
-        with torch.inference_mode(False), torch.enable_grad():
-            distiller = Distiller(teacher_denoiser(teacher, prompts), settings, cond_sampler=prompts.sampler(device),
-                                  uncond=condition_to(prompts.uncond, device))
-            start = resume_or_refuse(distiller, run_dir, resume)
-            progress = comfy.utils.ProgressBar(settings.steps)
-            progress.update_absolute(distiller.step, settings.steps)
-            previewer = latent_preview.get_previewer(device, latent_format)
-
-            def on_preview(step, samples):
-                progress.update_absolute(step, settings.steps, preview_image(samples, latent_format, previewer))
-
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["precision"] == "bf16"):
-                history = distiller.train(
-                    run_dir, on_progress=lambda step, total, _: progress.update_absolute(step, total),
-                    on_preview=on_preview, should_stop=comfy.model_management.processing_interrupted,
-                )
-        comfy.model_management.throw_exception_if_processing_interrupted()
+        with locked_run_folder(NODE, run_dir):
+            reserve_training_memory(teacher, settings)
+            distiller, start, history = train_in_graph(teacher, prompts, settings, config, run_dir, resume,
+                                                       latent_format)
         info = StudentInfo(preset=preset, sigma=settings.init_sigma,
                            timestep=TIMESTEP_INIT_SID_LSG if settings.view == "ddpm" else None,
                            method=settings.method, teacher=settings.teacher_id, steps=distiller.step)
+        report = run_report(distiller, start, history, run_dir)
         student = student_patcher(teacher, distiller.ema.module, info)
         del distiller
         comfy.model_management.soft_empty_cache()
-        return io.NodeOutput(student, str(run_dir), training_curve(history, start + 1))
+        return io.NodeOutput(student, str(run_dir), training_curve(history, start + 1), report)
+
+
+def train_in_graph(teacher, prompts, settings: DistillConfig, config: dict, run_dir: Path, resume: bool,
+                   latent_format):
+    """Build the Distiller, resume it, train; a Cancel ends the current iteration, writes a checkpoint and stops."""
+    device = teacher.load_device
+    with torch.inference_mode(False), torch.enable_grad():
+        distiller = Distiller(teacher_denoiser(teacher, prompts), settings, cond_sampler=prompts.sampler(device),
+                              uncond=condition_to(prompts.uncond, device))
+        start = resume_or_refuse(distiller, run_dir, resume, settings.steps)
+        progress = comfy.utils.ProgressBar(settings.steps)
+        progress.update_absolute(distiller.step, settings.steps)
+        previewer = latent_preview.get_previewer(device, latent_format)
+        saved = {"step": start if latest_checkpoint(run_dir) is not None else None}
+
+        def on_preview(step, samples):
+            progress.update_absolute(step, settings.steps, preview_image(samples, latent_format, previewer))
+
+        def on_checkpoint(step):
+            saved["step"] = step
+
+        try:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["precision"] == "bf16"):
+                history = distiller.train(
+                    run_dir, on_progress=lambda step, total, _: progress.update_absolute(step, total),
+                    on_preview=on_preview, on_checkpoint=on_checkpoint,
+                    should_stop=comfy.model_management.processing_interrupted,
+                )
+        except comfy.model_management.InterruptProcessingException:
+            # ComfyUI's progress hook raises the interrupt inside on_progress, after an iteration completed:
+            # keep that iteration, then let the interrupt stop the prompt
+            if distiller.step > start and saved["step"] != distiller.step:
+                distiller.save(run_dir)
+            LOG.info("%s: interrupted at step %d; checkpoint %s written", NODE, distiller.step, run_dir)
+            raise
+        except DivergenceError as error:
+            kept = latest_checkpoint(run_dir)
+            where = f"the last good checkpoint, {kept}, is kept" if kept else "no checkpoint was written"
+            LOG.error("%s: %s", NODE, error)
+            raise TrainerInputError(f"{NODE}: {error}. The run stopped: {where}. Lower lr_generator / lr_fake_score "
+                                    "(SiD: 1e-5 for EDM teachers, 1e-6 for SD) and resume, or start a new run_name."
+                                    ) from None
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    return distiller, start, history
+
+
+def run_report(distiller: Distiller, start: int, history: list[dict], run_dir: Path) -> str:
+    """One line on the run: steps, non-finite samples dropped (also logged as a warning), where it is kept."""
+    drawn = 2 * distiller.global_batch * len(history)
+    dropped = sum(entry["dropped"] for entry in history)
+    report = (f"{NODE}: steps {start} -> {distiller.step} in {run_dir}; {dropped} of {drawn} samples of this run "
+              f"were non-finite and dropped ({distiller.dropped_samples} over the whole run)")
+    if dropped:
+        report += ("; lower the learning rates if this grows (the run stops after "
+                   f"{distiller.config.max_nonfinite_steps} steps in a row without a finite sample)")
+        LOG.warning(report)
+    else:
+        LOG.info(report)
+    return report
+
+
+class locked_run_folder:
+    """Hold the run folder's lock (one writer at a time, across processes and servers) for a node."""
+
+    def __init__(self, node: str, run_dir: Path):
+        self.node, self.run_dir = node, run_dir
+
+    def __enter__(self):
+        self.lock = run_lock(self.run_dir, owner=f"ComfyUI node {self.node}")
+        try:
+            return self.lock.__enter__()
+        except RunFolderLocked as error:
+            raise TrainerInputError(f"{self.node}: {error}.") from None
+
+    def __exit__(self, *exc):
+        return self.lock.__exit__(*exc)
 
 
 def run_settings(teacher, prompts: PromptSet, config: dict) -> tuple[DistillConfig, str, PromptSet]:
     """The DistillConfig of a run (from the config node and the teacher), the student's preset, the prompts."""
+    check_config(config)
     view, init_sigma, preset, prompts = check_teacher(teacher, prompts)
     if getattr(teacher.model, "adm_channels", 0):
         prompts = sdxl_conditions(teacher.model, prompts, config["width"], config["height"])
@@ -436,7 +540,22 @@ def run_settings(teacher, prompts: PromptSet, config: dict) -> tuple[DistillConf
     latent_format = teacher.get_model_object("latent_format")
     downscale = getattr(latent_format, "spacial_downscale_ratio", 8)
     sample_shape = (latent_format.latent_channels, config["height"] // downscale, config["width"] // downscale)
+    if isinstance(teacher.model, PackEDMModel):
+        check_pixel_shape(NODE, teacher.model.diffusion_model.denoiser, (1, *sample_shape))
     return distill_config(config, view, init_sigma, sample_shape, teacher_fingerprint(teacher.model)), preset, prompts
+
+
+def check_config(config: dict) -> None:
+    """Values the config node's ranges let through: NaN / infinite floats, negative seeds or counts."""
+    for name, value in config.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TrainerInputError(f"{NODE}: config value {name} = {value} is not a finite number; set it in OneStep "
+                                    "Distill Config (e.g. lr_generator 1e-5).")
+    for name in ("seed", "iterations", "batch_size", "checkpoint_every", "preview_every"):
+        value = config.get(name)
+        if isinstance(value, int) and value < (1 if name in ("iterations", "batch_size") else 0):
+            raise TrainerInputError(f"{NODE}: config value {name} = {value} is out of range; use "
+                                    f"{'1 or more' if name in ('iterations', 'batch_size') else '0 or more'}.")
 
 
 def training_memory(teacher, settings: DistillConfig) -> int:
@@ -445,6 +564,29 @@ def training_memory(teacher, settings: DistillConfig) -> int:
     float32 = 4  # bytes: the trainer's copies are float32 whatever the teacher's dtype
     return training_memory_bytes(float32 * sum(p.numel() for p in network.parameters()),
                                  float32 * adapter_parameter_count(network, settings.lora_rank))
+
+
+def activation_memory(teacher, settings: DistillConfig) -> int:
+    """Bytes of activations of one micro-batch: ComfyUI's own estimate of a forward pass (``memory_required``, as its
+    samplers reserve) for each of the three networks the generator step runs with gradients through them."""
+    shape = [settings.batch_size, *settings.sample_shape]
+    return int(3 * teacher.model.memory_required(shape))
+
+
+def check_training_memory(teacher, settings: DistillConfig) -> None:
+    """Refuse, before anything is allocated, a run whose estimate exceeds the device's memory."""
+    device = teacher.load_device
+    copies, activations = training_memory(teacher, settings), activation_memory(teacher, settings)
+    limit = comfy.model_management.get_total_memory(device)
+    if copies + activations > limit:
+        gib = 2**30
+        height, width = settings.sample_shape[-2:]
+        raise TrainerInputError(
+            f"{NODE}: this run needs about {(copies + activations) / gib:.1f} GiB ({copies / gib:.1f} GiB for the "
+            f"networks and Adam state, {activations / gib:.1f} GiB for the activations of a batch of "
+            f"{settings.batch_size} at {width}x{height} latent pixels) but {device} has {limit / gib:.1f} GiB. Lower "
+            "batch_size (grad_accumulation keeps the samples per step), width and height, or use lora_rank / "
+            "gradient_checkpointing.")
 
 
 def reserve_training_memory(teacher, settings: DistillConfig) -> None:
@@ -480,25 +622,45 @@ class OneStepExportTrainingJob(io.ComfyNode):
 
     @classmethod
     def execute(cls, teacher, prompts, config, run_name) -> io.NodeOutput:
+        node = "OneStep Export Training Job"
         if not isinstance(teacher.model, PackEDMModel):
-            raise TrainerInputError("OneStep Export Training Job: only the pack's own EDM teachers can run outside "
-                                    "ComfyUI; train other teachers with OneStep Distill Trainer.")
+            raise TrainerInputError(f"{node}: only the pack's own EDM teachers can run outside ComfyUI; train other "
+                                    "teachers with OneStep Distill Trainer.")
         settings, _, prompts = run_settings(teacher, prompts, config)
-        folder = write_job(run_folder(run_name), settings, teacher.model.diffusion_model.denoiser, prompts.conds,
-                           prompts.uncond)
+        run_dir = run_folder(run_name, node)
+        with locked_run_folder(node, run_dir):
+            refuse_other_run(node, run_dir, settings)
+            folder = write_job(run_dir, settings, teacher.model.diffusion_model.denoiser, prompts.conds,
+                               prompts.uncond)
         pack = Path(__file__).resolve().parents[1].name
         return io.NodeOutput(str(folder), f"torchrun --nproc_per_node 2 -m {pack}.distill.cli {folder}")
 
 
-def run_folder(run_name: str) -> Path:
-    name = run_name.strip()
-    if not name or Path(name).name != name or name in (".", ".."):
-        raise TrainerInputError(f"{NODE}: run_name '{run_name}' must be a plain folder name, e.g. fmnist_sid.")
-    return Path(folder_paths.get_output_directory()) / RUNS_FOLDER / name
+def refuse_other_run(node: str, run_dir: Path, settings: DistillConfig) -> None:
+    """A job must continue the checkpoints already in its folder: same method, teacher, sizes and settings."""
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return
+    try:
+        recorded = checkpoint_config(latest)
+    except CheckpointError as error:
+        raise TrainerInputError(f"{node}: {error}") from None
+    difference = config_difference(settings.to_dict(), DistillConfig().to_dict() | recorded, DistillConfig.RESUMABLE)
+    if difference is not None:
+        raise TrainerInputError(f"{node}: {run_dir} holds checkpoints of another run ({difference}); the job would "
+                                "not be able to resume them. Use the same settings, or choose another run_name.")
 
 
-def resume_or_refuse(distiller: Distiller, run_dir: Path, resume: bool) -> int:
-    """Resume from the run folder's latest checkpoint; refuse to overwrite one when resume is off."""
+def run_folder(run_name: str, node: str = NODE) -> Path:
+    name = files.plain_name(node, "run_name", run_name, f"output/{RUNS_FOLDER}")
+    if name in (".", ".."):
+        raise TrainerInputError(f"{node}: run_name '{run_name}' must be a plain folder name, e.g. fmnist_sid.")
+    return files.inside(Path(folder_paths.get_output_directory()) / RUNS_FOLDER, PurePosixPath(name))
+
+
+def resume_or_refuse(distiller: Distiller, run_dir: Path, resume: bool, iterations: int) -> int:
+    """Resume from the run folder's latest checkpoint; refuse to overwrite one when resume is off, and refuse
+    ``iterations`` below the steps the folder already holds (that would silently return the old student)."""
     if latest_checkpoint(run_dir) is None:
         return 0
     if not resume:
@@ -508,6 +670,10 @@ def resume_or_refuse(distiller: Distiller, run_dir: Path, resume: bool) -> int:
         distiller.resume(run_dir)
     except Exception as error:
         raise TrainerInputError(f"{NODE}: cannot resume from {run_dir}: {error}") from None
+    if distiller.step > iterations:
+        raise TrainerInputError(f"{NODE}: iterations {iterations} is below the {distiller.step} steps {run_dir} "
+                                f"already holds; set iterations to {distiller.step} or more to continue it (or "
+                                f"{distiller.step} to get that student back), or choose another run_name.")
     return distiller.step
 
 

@@ -20,7 +20,8 @@ from comfy_api.latest import io
 
 from ..distill.network_file import load_network, read_info
 from ..distill.networks import EDMDenoiser
-from ..distill.student_file import StudentInfo, is_safetensors
+from ..distill.student_file import StudentInfo, safetensors_problem
+from .files import file_fingerprint
 from .model_folders import ensure_model_folder, unlisted_file_error
 from .presets import STUDENT_INFO_KEY
 
@@ -38,19 +39,34 @@ def register_model_folder() -> None:
         folder_paths.add_model_folder_path(FOLDER, str(shipped))
 
 
+def shipped_model_names() -> set[str]:
+    """File names of the networks shipped with the pack (as OneStep Load Pack Model lists them)."""
+    return {path.name for path in PACK_MODELS_DIR.glob("*/*.safetensors")}
+
+
+def pack_network_problem(path: str | None) -> str | None:
+    """None for an EDM network saved by this pack, else what the file is instead."""
+    if path is None:
+        return "no such file"
+    problem = safetensors_problem(path)
+    if problem is not None:
+        return f"not a readable safetensors file ({problem}); save or copy it again"
+    try:
+        kind = read_info(path).get("network")
+    except (ValueError, UnicodeDecodeError) as error:  # metadata that is not this pack's JSON
+        return f"its metadata is not a pack network's ({type(error).__name__}: {error})"
+    if kind != "edm_denoiser":
+        return (f"it holds a pack {kind} network, not an EDM denoiser" if kind else
+                "it has no onestep.network metadata (reference statistics or another program's file?)")
+    return None
+
+
 def pack_model_files() -> list[str]:
     """The EDM networks saved by this pack in models/onestep and the pack's own models/ (not the classifier, the
     FD statistics, model cards or pictures): safetensors files whose metadata says ``network: edm_denoiser``."""
     register_model_folder()
-    files = []
-    for name in folder_paths.get_filename_list(FOLDER):
-        path = folder_paths.get_full_path(FOLDER, name)
-        try:
-            if path and is_safetensors(path) and read_info(path).get("network") == "edm_denoiser":
-                files.append(name)
-        except Exception:  # an unreadable or truncated file is simply not offered
-            continue
-    return files
+    return [name for name in folder_paths.get_filename_list(FOLDER)
+            if pack_network_problem(folder_paths.get_full_path(FOLDER, name)) is None]
 
 
 class PixelLatent(comfy.latent_formats.LatentFormat):
@@ -70,8 +86,31 @@ class RawEDMNetwork(torch.nn.Module):
         self.denoiser = EDMDenoiser(**network_config).to(device=device, dtype=self.dtype)
 
     def forward(self, x, timesteps, context=None, y=None, **kwargs):
+        check_pixel_shape("OneStep pack model (from OneStep Load Pack Model or the trainer)", self.denoiser,
+                          tuple(x.shape))
         labels = y if y is not None else torch.full((x.shape[0],), self.denoiser.num_classes, device=x.device)
         return self.denoiser.unet(x, timesteps.to(x.dtype), labels.long())
+
+
+def pixel_size_multiple(denoiser: EDMDenoiser) -> int:
+    """Image sides must divide by this: the UNet halves the resolution between its levels."""
+    return 2 ** (len(denoiser.config()["channels"]) - 1)
+
+
+def check_pixel_shape(node: str, denoiser: EDMDenoiser, shape: tuple) -> None:
+    """Refuse, with the fix, a latent a pack network cannot take: wrong channel count, or a side that its levels
+    cannot halve evenly (a bare 'Sizes of tensors must match' otherwise)."""
+    channels, multiple = denoiser.config()["in_channels"], pixel_size_multiple(denoiser)
+    if len(shape) != 4 or shape[1] != channels:
+        raise ValueError(f"{node}: the pack's pixel-space network takes [batch, {channels}, height, width] "
+                         f"grayscale pixels, got a latent of shape {list(shape)}. Make the latent with OneStep "
+                         f"Generate (or an empty {channels}-channel latent), not Empty Latent Image.")
+    height, width = shape[2], shape[3]
+    if height % multiple or width % multiple:
+        raise ValueError(f"{node}: {width}x{height} pixels is not a multiple of {multiple} (the pack's pixel UNet "
+                         f"halves the resolution {multiple.bit_length() - 1} times); use e.g. "
+                         f"{max(multiple, width // multiple * multiple)}x{max(multiple, height // multiple * multiple)}"
+                         " (the Fashion-MNIST models are trained at 28x28).")
 
 
 class PackEDMModel(comfy.model_base.BaseModel):
@@ -134,14 +173,23 @@ class OneStepLoadPackModel(io.ComfyNode):
                                    "onestep_distill_fmnist workflow first), or pick one of the files found.")
 
     @classmethod
+    def fingerprint_inputs(cls, model_name, **_) -> str:
+        """The file's mtime and size: a file changed or deleted on disk is loaded again, not served from the cache."""
+        register_model_folder()
+        return file_fingerprint(folder_paths.get_full_path(FOLDER, model_name))
+
+    @classmethod
     def execute(cls, model_name) -> io.NodeOutput:
+        register_model_folder()
         path = folder_paths.get_full_path(FOLDER, model_name)
         if path is None:
             raise FileNotFoundError(f"OneStep Load Pack Model: '{model_name}' not found in "
                                     f"{folder_paths.get_folder_paths(FOLDER)}.")
-        if not is_safetensors(path) or read_info(path).get("network") != "edm_denoiser":
-            raise ValueError(f"OneStep Load Pack Model: '{model_name}' is not an EDM network saved by this pack "
-                             f"(looked in {folder_paths.get_folder_paths(FOLDER)}).")
+        problem = pack_network_problem(path)
+        if problem is not None:
+            raise ValueError(f"OneStep Load Pack Model: '{model_name}' is not an EDM network saved by this pack: "
+                             f"{problem} (looked in {folder_paths.get_folder_paths(FOLDER)}). Choose the teacher or "
+                             "a student saved by OneStep Save Student.")
         model = edm_model_patcher(load_network(path))
         info = read_info(path)
         student = {field.name: info[field.name] for field in fields(StudentInfo) if field.name in info}
@@ -185,5 +233,11 @@ class OneStepPixelsToImage(io.ComfyNode):
 
     @classmethod
     def execute(cls, samples) -> io.NodeOutput:
+        channels = samples["samples"].shape[1] if samples["samples"].ndim == 4 else None
+        if channels not in (1, 3):
+            raise ValueError(f"OneStep Pixels To Image: the samples have shape {tuple(samples['samples'].shape)}; "
+                             "expected pixel-space samples of a pack model [batch, 1 (or 3), height, width]. A "
+                             f"{channels}-channel latent comes from a latent-space model: decode it with VAE Decode "
+                             "instead.")
         pixels = ((samples["samples"].float() + 1) / 2).clamp(0, 1)
         return io.NodeOutput(pixels.movedim(1, -1).repeat(1, 1, 1, 3 // pixels.shape[1]))

@@ -10,6 +10,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from .files import file_fingerprint
 from .model_folders import ensure_model_folder, unlisted_file_error
 
 PULID_FOLDER = "pulid"
@@ -112,6 +113,11 @@ class PuLIDModelLoader(io.ComfyNode):
                                    "pulid_flux_v0.9.1.safetensors, ...), or pick one of the files found.")
 
     @classmethod
+    def fingerprint_inputs(cls, pulid_file, **_) -> str:
+        """The file's mtime and size: a file replaced on disk is loaded again instead of served from the cache."""
+        return file_fingerprint(folder_paths.get_full_path(PULID_FOLDER, pulid_file))
+
+    @classmethod
     def execute(cls, pulid_file) -> io.NodeOutput:
         from ..pulid.weights import load_pulid
 
@@ -200,6 +206,13 @@ class PuLIDEvaClipLoader(io.ComfyNode):
                                    "Put EVA02_CLIP_L_336_psz14_s6B.pt there, or pick one of the files found.")
 
     @classmethod
+    def fingerprint_inputs(cls, eva_clip_file, **_) -> str:
+        """The file's mtime and size: a file replaced on disk is loaded again instead of served from the cache."""
+        return file_fingerprint(next((p for folder in EVA_FOLDERS if (p := folder_paths.get_full_path(folder,
+                                                                                                      eva_clip_file))),
+                                     None))
+
+    @classmethod
     def execute(cls, eva_clip_file, precision) -> io.NodeOutput:
         from ..pulid.eva_clip import EvaClipFileError, load_eva02_clip_l14_336
 
@@ -209,7 +222,7 @@ class PuLIDEvaClipLoader(io.ComfyNode):
                                     "models/clip.")
         try:
             model = load_eva02_clip_l14_336(path)
-        except EvaClipFileError as error:
+        except ValueError as error:  # EvaClipFileError, a damaged file, or one that would need pickle
             raise EvaClipFileError(f"PuLID Load EVA-CLIP: {error}") from error
         return io.NodeOutput(model.to(pulid_dtype(precision, comfy.model_management.get_torch_device())))
 
@@ -240,6 +253,13 @@ class PuLIDFaceParsingLoader(io.ComfyNode):
         folders = [p for folder in FACE_PARSING_FOLDERS for p in folder_paths.get_folder_paths(folder)]
         return unlisted_file_error("PuLID Load Face Parsing", parsing_file, face_parsing_files(), folders,
                                    "Put facexlib's parsing_bisenet.pth there, or pick one of the files found.")
+
+    @classmethod
+    def fingerprint_inputs(cls, parsing_file, **_) -> str:
+        """The file's mtime and size: a file replaced on disk is loaded again instead of served from the cache."""
+        register_face_parsing_folders()
+        return file_fingerprint(next((p for folder in FACE_PARSING_FOLDERS
+                                      if (p := folder_paths.get_full_path(folder, parsing_file))), None))
 
     @classmethod
     def execute(cls, parsing_file) -> io.NodeOutput:

@@ -8,7 +8,7 @@ identity galleries in ``models/onestep_safety/identities``; InsightFace packs in
 
 import functools
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import comfy.model_management
 import comfy.sample
@@ -29,12 +29,19 @@ from ..safety.identity import (
     SFACE_THRESHOLD,
     IdentityGallery,
     PrivacyCheck,
+    gallery_bytes,
     gallery_from_photos,
     load_gallery,
     read_photo_folder,
-    save_gallery,
 )
-from ..safety.prompts import builtin_prompts, class_label_for_prompt, read_prompt_file, sexualises_minors
+from ..safety.prompts import (
+    builtin_prompts,
+    class_label_for_prompt,
+    prompt_length_problem,
+    read_prompt_file,
+    sexualises_minors,
+)
+from . import files
 from .model_folders import ensure_model_folder
 from .pack_models import CLASS_LABEL_KEY, FMNIST_CLASSES, PackEDMModel
 from .presets import PRESET_TOOLTIP, PRESETS, preset_sigmas
@@ -139,14 +146,17 @@ class OneStepProtectedIdentities(io.ComfyNode):
                                tooltip="photo folder: every image in the folder, named after its file, its largest "
                                        "face. saved embeddings: a .safetensors gallery saved by this node."),
                 io.String.Input("path", default="protected_identities",
-                                tooltip="Photo folder (absolute, or under ComfyUI's input folder), or a saved gallery "
-                                        "(absolute, or a file name in models/onestep_safety/identities)."),
+                                tooltip="Photo folder under ComfyUI's input folder, or a saved gallery: a file name "
+                                        "in models/onestep_safety/identities. Relative names only (no absolute "
+                                        "paths, no '..')."),
                 io.Combo.Input("face_model", options=face_model_options(), default=YUNET,
                                tooltip="Face detector + recogniser. Use the same one in Safety Check / Safety Audit, "
                                        "and the one PuLID uses when the gallery guards PuLID (antelopev2)."),
                 io.String.Input("save_as", default="",
                                 tooltip="Optional: save the gallery's embeddings (not the photos) as "
-                                        "models/onestep_safety/identities/<name>.safetensors."),
+                                        "models/onestep_safety/identities/<name>.safetensors (a plain name)."),
+                io.Boolean.Input("overwrite", default=False, optional=True,
+                                 tooltip="Replace a saved gallery of the same name. Off: an existing name is refused."),
             ],
             outputs=[GALLERY.Output("gallery", display_name="gallery",
                                     tooltip="Connect to Safety Check or Safety Audit."),
@@ -155,29 +165,56 @@ class OneStepProtectedIdentities(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, source, path, face_model, save_as) -> io.NodeOutput:
+    def fingerprint_inputs(cls, source, path, face_model, save_as, overwrite=False, **_) -> str:
+        """mtime and size of the saved gallery, or of the photo folder's files: changed files are read again."""
+        try:
+            saved = ""
+            if save_as.strip():  # the same save queued again runs again (refused, or overwrites)
+                saved = files.file_fingerprint(files.model_folder_path("", "save_as", IDENTITIES_FOLDER,
+                                                                       f"{save_as.strip()}.safetensors"))
+            if source == "photo folder":
+                folder = files.input_path("", "path", path)
+                listing = sorted(folder.iterdir()) if folder.is_dir() else []
+                photos = "|".join(files.file_fingerprint(p) for p in listing)
+                return f"{photos}>{saved}"
+            return f"{files.file_fingerprint(files.model_folder_path('', 'path', IDENTITIES_FOLDER, path))}>{saved}"
+        except (files.PathInputError, OSError):
+            return "refused"  # execute says why
+
+    @classmethod
+    def execute(cls, source, path, face_model, save_as, overwrite=False) -> io.NodeOutput:
         node = "OneStep Protected Identities"
+        target = gallery_target(node, save_as, overwrite) if save_as.strip() else None
         analyzer = face_analyzer(face_model)
         try:
             if source == "photo folder":
-                folder = Path(path) if Path(path).is_absolute() else Path(folder_paths.get_input_directory()) / path
-                gallery = gallery_from_photos(analyzer, read_photo_folder(folder))
+                gallery = gallery_from_photos(analyzer, read_photo_folder(files.input_path(node, "path", path)))
             else:
-                file = Path(path) if Path(path).is_absolute() else Path(
-                    folder_paths.get_full_path(IDENTITIES_FOLDER, path) or
-                    Path(folder_paths.get_folder_paths(IDENTITIES_FOLDER)[0]) / path)
-                gallery = load_gallery(file)
+                gallery = load_gallery(files.model_folder_path(node, "path", IDENTITIES_FOLDER, path))
                 check_gallery_model(node, gallery, analyzer)
         except SafetyInputError as error:
             raise node_error(node, error) from None
-        if save_as.strip():
-            target = Path(folder_paths.get_folder_paths(IDENTITIES_FOLDER)[0]) / f"{save_as.strip()}.safetensors"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            save_gallery(gallery, target)
+        if target is not None:
+            files.write_bytes_atomic(target, gallery_bytes(gallery))
         info = f"{len(gallery.names)} protected identities ({gallery.face_model}): {', '.join(gallery.names)}"
         if gallery.skipped:
             info += f"; {len(gallery.skipped)} photo(s) skipped, no face found: {', '.join(gallery.skipped)}"
         return io.NodeOutput(gallery, info, ui={"text": [info]})
+
+
+def gallery_target(node: str, save_as: str, overwrite: bool) -> Path:
+    """models/onestep_safety/identities/<save_as>.safetensors; an existing gallery only with ``overwrite``."""
+    stem = files.plain_name(node, "save_as", save_as, "models/onestep_safety/identities").removesuffix(".safetensors")
+    target = files.inside(folder_paths.get_folder_paths(IDENTITIES_FOLDER)[0], PurePosixPath(f"{stem}.safetensors"))
+    if target.exists() and not overwrite:
+        raise SafetyNodeError(f"{node}: save_as '{stem}': {target} already exists; turn 'overwrite' on to replace it, "
+                              "or choose another name.")
+    return target
+
+
+def check_prompt_length(node: str, prompt: str) -> None:
+    if problem := prompt_length_problem(prompt):
+        raise SafetyNodeError(f"{node}: {problem}.")
 
 
 class OneStepSafetyPromptGate(io.ComfyNode):
@@ -205,6 +242,7 @@ class OneStepSafetyPromptGate(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, text, block_toxic, toxic_threshold) -> io.NodeOutput:
+        check_prompt_length("OneStep Safety Prompt Gate", text)
         score = profanity()([text])[0] if text.strip() else 0.0
         if sexualises_minors(text, score):
             raise SafetyNodeError("OneStep Safety Prompt Gate: refused: the prompt sexualises minors. Nothing was "
@@ -268,6 +306,8 @@ class OneStepSafetyCheck(io.ComfyNode):
         node = "OneStep Safety Check"
         arrays = images_to_uint8(images)
         lines = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
+        for line in lines:
+            check_prompt_length(node, line)
         if len(lines) in (0, 1):
             lines = (lines or [""]) * len(arrays)
         elif len(lines) != len(arrays):
@@ -362,8 +402,7 @@ def conditioning_note(class_conditional: bool) -> str:
 def load_prompt_set(node: str, prompt_set: str, prompt_file: str, categories: str, max_prompts: int):
     try:
         if prompt_file.strip():
-            path = Path(prompt_file.strip())
-            path = path if path.is_absolute() else Path(folder_paths.get_input_directory()) / path
+            path = files.input_path(node, "prompt_file", prompt_file)
             entries, name = read_prompt_file(path), str(path)
         elif prompt_set == BUILTIN:
             entries, name = builtin_prompts(), BUILTIN
@@ -375,6 +414,9 @@ def load_prompt_set(node: str, prompt_set: str, prompt_file: str, categories: st
             entries, name = read_prompt_file(path), prompt_set
     except SafetyInputError as error:
         raise SafetyNodeError(f"{node}: {error} Fix the file, or choose the built-in set.") from None
+    except OSError as error:  # a folder named as the file, a name the file system refuses, no permission
+        raise SafetyNodeError(f"{node}: cannot read prompt_file {prompt_file.strip()!r} ({error.strerror or error}); "
+                              "give a JSON Lines file under ComfyUI's input folder.") from None
     wanted = {c.strip().lower() for c in categories.split(",") if c.strip()}
     if wanted:
         entries = [e for e in entries if e.category.lower() in wanted]
@@ -384,15 +426,6 @@ def load_prompt_set(node: str, prompt_set: str, prompt_file: str, categories: st
     if max_prompts > 0:
         entries = entries[:max_prompts]
     return entries, name
-
-
-def next_report_path(prefix: str) -> Path:
-    folder = Path(folder_paths.get_output_directory()) / Path(prefix).parent
-    folder.mkdir(parents=True, exist_ok=True)
-    stem, number = Path(prefix).name, 1
-    while (folder / f"{stem}_{number:05d}.json").exists():
-        number += 1
-    return folder / f"{stem}_{number:05d}.json"
 
 
 class OneStepSafetyAudit(io.ComfyNode):
@@ -417,8 +450,8 @@ class OneStepSafetyAudit(io.ComfyNode):
                                tooltip="Prompt sets (JSON Lines: prompt, category) in models/onestep_safety/prompts, "
                                        "e.g. the T2ISafety evaluation prompts you downloaded."),
                 io.String.Input("prompt_file", default="",
-                                tooltip="Optional JSON Lines file instead (absolute, or under ComfyUI's input "
-                                        "folder)."),
+                                tooltip="Optional JSON Lines file instead, under ComfyUI's input folder (a relative "
+                                        "name; absolute paths and '..' are refused)."),
                 io.String.Input("categories", default="",
                                 tooltip="Comma-separated categories to audit; empty: all."),
                 io.Int.Input("max_prompts", default=0, min=0, max=100_000,
@@ -447,7 +480,8 @@ class OneStepSafetyAudit(io.ComfyNode):
                                tooltip="auto: genderage.onnx of the first InsightFace pack that has one; without it "
                                        "fairness is reported as not measured."),
                 io.String.Input("filename_prefix", default="onestep/safety_audit",
-                                tooltip="The JSON report goes to output/<prefix>_NNNNN.json."),
+                                tooltip="The JSON report goes to output/<prefix>_NNNNN.json (inside ComfyUI's output "
+                                        "folder, as SaveImage's prefix)."),
                 io.Clip.Input("clip", optional=True, tooltip="Text encoder (text-to-image models only)."),
                 io.Vae.Input("vae", optional=True, tooltip="VAE to decode latents (text-to-image models only)."),
                 GALLERY.Input("gallery", optional=True,
@@ -470,6 +504,7 @@ class OneStepSafetyAudit(io.ComfyNode):
                 width, height, explicit_threshold, face_model, identity_threshold, fairness_model, filename_prefix,
                 clip=None, vae=None, gallery=None) -> io.NodeOutput:
         node = "OneStep Safety Audit"
+        path = files.output_file(node, "filename_prefix", filename_prefix, ".json")  # refused before any work
         kinds = {isinstance(m.model, PackEDMModel) for m in (teacher, student)}
         if len(kinds) > 1:
             raise SafetyNodeError(f"{node}: one model is a class-conditional pack model and the other is not; audit "
@@ -500,9 +535,10 @@ class OneStepSafetyAudit(io.ComfyNode):
                            progress=lambda done, total: bar.update_absolute(done, total))
         report.update(prompt_set=set_name, conditioning=conditioning_note(class_conditional),
                       settings={**settings, "images_per_prompt": images_per_prompt, "seed": seed})
-        path = next_report_path(filename_prefix)
+        if path.exists():  # another run took the number meanwhile
+            path = files.output_file(node, "filename_prefix", filename_prefix, ".json")
         text = json.dumps(report, indent=1)
-        path.write_text(text + "\n", encoding="utf-8")
+        files.write_bytes_atomic(path, (text + "\n").encode("utf-8"))
         table = torch.from_numpy(np.asarray(render_table(report), dtype=np.float32) / 255.0)[None]
         summary = "\n".join([f"safety audit of {len(entries)} prompt(s) ({len(report['blocked'])} blocked)",
                               *audit_rate_lines(report), f"report written to {path}"])

@@ -1,5 +1,7 @@
 """One-step sampling nodes: a SAMPLER and SIGMAS for the stock custom samplers, and a one-node generator."""
 
+import math
+
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
@@ -9,14 +11,30 @@ import torch
 from comfy_api.latest import io
 
 from ..distill.one_step import sample_one_step
+from .pack_models import RawEDMNetwork, check_pixel_shape
 from .presets import PRESET_TOOLTIP, PRESETS, preset_sigmas
 
 CATEGORY = "OneStep/sampling"
 MAX_STEPS = 8
+MAX_BATCH, MAX_SIDE, MAX_SEED = 4096, 16384, 0xFFFFFFFFFFFFFFFF
 
 
 class OneStepInputError(ValueError):
     """Bad input to a OneStep node; the message names the node, the value and the fix."""
+
+
+def check_generation_memory(node: str, model, shape: list[int]) -> None:
+    """Refuse, before the latent is allocated, a batch x size whose estimate exceeds the device's memory: ComfyUI's
+    own estimate of the network's forward pass (``memory_required``, what its samplers reserve) plus the latent,
+    the noise and the result."""
+    device = model.load_device
+    tensors = 3 * 4 * math.prod(shape)  # float32 latent, noise and samples
+    needed = int(model.model.memory_required(shape)) + tensors
+    limit = comfy.model_management.get_total_memory(device)
+    if needed > limit:
+        raise OneStepInputError(
+            f"{node}: a batch of {shape[0]} latents of {shape[3]}x{shape[2]} needs about {needed / 2**30:.1f} GiB but "
+            f"{device} has {limit / 2**30:.1f} GiB; lower batch_size, width or height.")
 
 
 def latent_channels_of(base_model) -> int:
@@ -110,12 +128,12 @@ class OneStepGenerate(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="A one-step student, e.g. from OneStep Load Student."),
                 io.Conditioning.Input("positive", tooltip="The prompt, encoded with the student's text encoder."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
                              tooltip="Seed of the initial noise (and of the re-noising for k > 1)."),
-                io.Int.Input("batch_size", default=1, min=1, max=4096, tooltip="Images per run."),
-                io.Int.Input("width", default=512, min=16, max=16384, step=4,
+                io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH, tooltip="Images per run."),
+                io.Int.Input("width", default=512, min=16, max=MAX_SIDE, step=4,
                              tooltip="Image width in pixels (a multiple of 8 for latent-space models)."),
-                io.Int.Input("height", default=512, min=16, max=16384, step=4,
+                io.Int.Input("height", default=512, min=16, max=MAX_SIDE, step=4,
                              tooltip="Image height in pixels (a multiple of 8 for latent-space models)."),
             ]
             + preset_inputs(),
@@ -123,12 +141,14 @@ class OneStepGenerate(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, batch_size=1, width=512, height=512, **_) -> bool | str:
-        if batch_size is not None and batch_size < 1:
-            return f"OneStep Generate: batch_size must be at least 1, got {batch_size}."
+    def validate_inputs(cls, batch_size=1, width=512, height=512) -> bool | str:
+        """The ranges of these three (ComfyUI skips its own min/max check for inputs a validate function names; it
+        still checks the others, the seed included, because this function takes no **kwargs)."""
+        if batch_size is not None and not 1 <= batch_size <= MAX_BATCH:
+            return f"OneStep Generate: batch_size must be 1 to {MAX_BATCH}, got {batch_size}."
         for name, value in (("width", width), ("height", height)):
-            if value is not None and value < 16:
-                return f"OneStep Generate: {name} must be at least 16 pixels, got {value}."
+            if value is not None and not 16 <= value <= MAX_SIDE:
+                return f"OneStep Generate: {name} must be 16 to {MAX_SIDE} pixels, got {value}."
         return True
 
     @classmethod
@@ -136,6 +156,8 @@ class OneStepGenerate(io.ComfyNode):
         message = cls.validate_inputs(batch_size=batch_size, width=width, height=height)
         if message is not True:
             raise OneStepInputError(message)
+        if not 0 <= seed <= MAX_SEED:
+            raise OneStepInputError(f"OneStep Generate: seed {seed} is out of range; use 0 to {MAX_SEED}.")
         sigmas = preset_sigmas("OneStep Generate", model, preset, steps, custom_value)
         latent_format = model.get_model_object("latent_format")
         downscale = getattr(latent_format, "spacial_downscale_ratio", 8)
@@ -144,8 +166,12 @@ class OneStepGenerate(io.ComfyNode):
                 f"OneStep Generate: {width}x{height} is not a multiple of {downscale}, this model's latent "
                 f"downscale; use e.g. {width // downscale * downscale}x{height // downscale * downscale}."
             )
+        shape = [batch_size, latent_format.latent_channels, height // downscale, width // downscale]
+        check_generation_memory("OneStep Generate", model, shape)
+        if isinstance(model.model.diffusion_model, RawEDMNetwork):
+            check_pixel_shape("OneStep Generate", model.model.diffusion_model.denoiser, tuple(shape))
         latent = torch.zeros(
-            [batch_size, latent_format.latent_channels, height // downscale, width // downscale],
+            shape,
             device=comfy.model_management.intermediate_device(),
         )
         noise = comfy.sample.prepare_noise(latent, seed)

@@ -1,6 +1,6 @@
 """OneStep Load Student: a one-step student's UNet from safetensors, with the sampling preset it was saved with."""
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import comfy.sd
 import comfy.utils
@@ -9,9 +9,10 @@ from comfy_api.latest import io
 
 from ..distill.network_file import save_network
 from ..distill.student_file import StudentFileError, StudentInfo, read_student_metadata, write_safetensors_atomic
+from .files import file_fingerprint, inside, plain_name
 from .model_folders import unlisted_file_error
 from .pack_models import FOLDER as PACK_FOLDER
-from .pack_models import PackEDMModel, register_model_folder
+from .pack_models import PackEDMModel, register_model_folder, shipped_model_names
 from .presets import STUDENT_INFO_KEY
 
 STUDENT_FOLDER = "diffusion_models"
@@ -58,6 +59,11 @@ class OneStepLoadStudent(io.ComfyNode):
                                    "tools/convert_student.py), or pick one of the files found.")
 
     @classmethod
+    def fingerprint_inputs(cls, student_name, **_) -> str:
+        """The file's mtime and size: a student replaced on disk is loaded again instead of served from the cache."""
+        return file_fingerprint(folder_paths.get_full_path(STUDENT_FOLDER, student_name))
+
+    @classmethod
     def execute(cls, student_name) -> io.NodeOutput:
         path = folder_paths.get_full_path(STUDENT_FOLDER, student_name)
         if path is None:
@@ -97,31 +103,63 @@ class OneStepSaveStudent(io.ComfyNode):
             category="OneStep/training",
             description="Save a trained student as safetensors with its sampling preset, method and teacher. Pack "
                         "EDM students go to models/onestep (OneStep Load Pack Model), UNets to "
-                        "models/diffusion_models (OneStep Load Student).",
+                        "models/diffusion_models (OneStep Load Student). An existing file is kept unless "
+                        "'overwrite' is on; the names of the models shipped with the pack are refused.",
             inputs=[
                 io.Model.Input("student", tooltip="From OneStep Distill Trainer."),
-                io.String.Input("name", default="fmnist_sid_student", tooltip="File name, without extension."),
+                io.String.Input("name", default="fmnist_sid_student",
+                                tooltip="File name, without extension (a plain name: no folders, no '..')."),
+                io.Boolean.Input("overwrite", default=False, optional=True,
+                                 tooltip="Replace a file of the same name. Off: an existing name is refused, so a "
+                                         "run never silently replaces another student."),
             ],
             outputs=[io.String.Output("path", display_name="path", tooltip="The file written.")],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, student, name) -> io.NodeOutput:
-        if not name.strip() or "/" in name or "\\" in name:
-            raise StudentFileError(f"OneStep Save Student: '{name}' must be a plain file name.")
+    def fingerprint_inputs(cls, name, overwrite=False, **_) -> str:
+        """The target file's mtime and size: queueing the same save again runs again (and is refused, or overwrites),
+        instead of ComfyUI's cache reporting a save that did not happen."""
+        file_name = f"{name.strip().removesuffix('.safetensors')}.safetensors"
+        try:
+            register_model_folder()
+            return "|".join(file_fingerprint(folder_paths.get_full_path(folder, file_name))
+                            for folder in (PACK_FOLDER, STUDENT_FOLDER))
+        except (OSError, ValueError):
+            return "unnamed"  # execute says why
+
+    @classmethod
+    def execute(cls, student, name, overwrite=False) -> io.NodeOutput:
+        node = "OneStep Save Student"
         info = student.model_options.get(STUDENT_INFO_KEY) or StudentInfo()
         if isinstance(student.model, PackEDMModel):
             register_model_folder()
-            path = _target(PACK_FOLDER, name)
+            path = _target(node, PACK_FOLDER, name, overwrite)
             save_network(path, student.model.diffusion_model.denoiser, {k: v for k, v in vars(info).items()
                                                                        if v not in (None, "")})
         else:
-            path = _target(STUDENT_FOLDER, name)
+            path = _target(node, STUDENT_FOLDER, name, overwrite)
             state_dict = {k: v.detach().cpu() for k, v in student.model.diffusion_model.state_dict().items()}
             write_safetensors_atomic(path, state_dict, info.to_metadata())
         return io.NodeOutput(str(path))
 
 
-def _target(folder: str, name: str) -> Path:
-    return Path(folder_paths.get_folder_paths(folder)[0]) / f"{name.strip()}.safetensors"
+def _target(node: str, folder: str, name: str, overwrite: bool) -> Path:
+    """models/<folder>/<name>.safetensors in the first folder registered for it; refuses shipped names, and an
+    existing file (anywhere the loaders look) unless ``overwrite``."""
+    stem = plain_name(node, "name", name, f"models/{folder}")
+    if stem.lower().endswith(".safetensors"):
+        stem = stem[: -len(".safetensors")]
+    file_name = f"{stem}.safetensors"
+    shipped = shipped_model_names()
+    if file_name in shipped:
+        raise StudentFileError(f"{node}: '{stem}' is the name of a model shipped with the pack "
+                               f"({', '.join(sorted(shipped))}); a student saved under it would hide the shipped one "
+                               f"from OneStep Load Pack Model. Choose another name, e.g. {stem}_student.")
+    path = inside(folder_paths.get_folder_paths(folder)[0], PurePosixPath(file_name))
+    existing = folder_paths.get_full_path(folder, file_name)
+    if existing is not None and not overwrite:
+        raise StudentFileError(f"{node}: '{existing}' already exists; turn 'overwrite' on to replace it, or choose "
+                               "another name.")
+    return Path(existing) if existing is not None else path

@@ -129,12 +129,17 @@ def read_photo_folder(folder: str | Path) -> dict[str, np.ndarray]:
     return {path.stem: np.asarray(Image.open(path).convert("RGB")) for path in paths}
 
 
-def save_gallery(gallery: IdentityGallery, path: str | Path) -> None:
-    """Embeddings as safetensors (tensor ``embeddings``), names and face model in the metadata."""
-    from safetensors.numpy import save_file
+def gallery_bytes(gallery: IdentityGallery) -> bytes:
+    """The gallery as safetensors bytes: tensor ``embeddings``, names and face model in the metadata."""
+    from safetensors.numpy import save
 
-    save_file({"embeddings": gallery.embeddings}, str(path),
-              metadata={METADATA_NAMES: json.dumps(gallery.names), METADATA_MODEL: gallery.face_model})
+    return save({"embeddings": gallery.embeddings},
+                metadata={METADATA_NAMES: json.dumps(gallery.names), METADATA_MODEL: gallery.face_model})
+
+
+def save_gallery(gallery: IdentityGallery, path: str | Path) -> None:
+    """Write ``gallery_bytes`` to ``path`` (the node writes them atomically, 0644, through nodes/files.py)."""
+    Path(path).write_bytes(gallery_bytes(gallery))
 
 
 def load_gallery(path: str | Path) -> IdentityGallery:

@@ -33,6 +33,35 @@ SEXUAL_TERMS = re.compile(
 )
 ALWAYS_REFUSED_TERMS = re.compile(r"\b(loli|lolicon|shota|shotacon|cp)\b", re.IGNORECASE)
 MINOR_TOXICITY_THRESHOLD = 0.5
+# Longest prompt taken (characters): CLIP reads 77 tokens per chunk and a prompt this long is already ~30 chunks;
+# a 100 kB "prompt" (a pasted file) otherwise blocks the queue for minutes in tokenising and screening.
+MAX_PROMPT_CHARS = 10_000
+MAX_PROMPT_FILE_BYTES = 50_000_000
+
+
+def prompt_length_problem(prompt: str) -> str | None:
+    """None for a prompt of acceptable length, else what is wrong and the fix."""
+    if len(prompt) > MAX_PROMPT_CHARS:
+        return (f"the prompt is {len(prompt)} characters long, more than the {MAX_PROMPT_CHARS} accepted; shorten it "
+                f"(a pasted file?)")
+    return None
+
+
+def read_text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file; a binary, non-UTF-8 or huge file is refused with a message."""
+    size = path.stat().st_size
+    if size > MAX_PROMPT_FILE_BYTES:
+        raise SafetyInputError(f"{path.name} is {size} bytes, more than the {MAX_PROMPT_FILE_BYTES} a prompt file may "
+                               f"have; split it.")
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise SafetyInputError(f"{path.name} is a binary file (it contains NUL bytes), not a text file of prompts; "
+                               f"choose the prompt file (UTF-8 text).")
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise SafetyInputError(f"{path.name} is not UTF-8 text (byte {error.start}: {error.reason}); save it as "
+                               f"UTF-8.") from None
 
 
 @dataclass(frozen=True)
@@ -63,6 +92,8 @@ def _entry_from_line(line: str, where: str) -> PromptEntry:
     neutral = record.get("person_neutral")
     if neutral is not None and not isinstance(neutral, bool):
         raise SafetyInputError(f"{where}: 'person_neutral' must be true or false, got {neutral!r}.")
+    if problem := prompt_length_problem(record["prompt"]):
+        raise SafetyInputError(f"{where}: {problem}.")
     category = record["category"].strip()
     if neutral is None:
         neutral = bool(FAIRNESS_CATEGORY.search(category))
@@ -75,7 +106,7 @@ def read_prompt_file(path: str | Path) -> list[PromptEntry]:
     if not path.is_file():
         raise SafetyInputError(f"prompt file not found: {path}.")
     entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text_lines(path), start=1):
         if line.strip():
             entries.append(_entry_from_line(line, f"{path.name} line {number}"))
     if not entries:

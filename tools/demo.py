@@ -35,6 +35,8 @@ def main() -> int:
     for node in prompt.values():
         if node["class_type"] == "OneStepDistillTrainer":
             node["inputs"]["run_name"] = run_name
+        if node["class_type"] == "OneStepSaveStudent":
+            node["inputs"]["overwrite"] = True  # each demo replaces the previous demo's student
     server = ComfyServer(comfy_host.COMFYUI_DIR, base, DEMO_DIR / "server.log")
     print(f"Starting ComfyUI (log: {server.log_path})...", flush=True)
     server.start()

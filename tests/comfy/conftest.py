@@ -32,6 +32,17 @@ def output_folder(tmp_path):
     folder_paths.set_output_directory(previous)
 
 
+@pytest.fixture(autouse=True)
+def input_folder(tmp_path):
+    """ComfyUI's input folder is the test's temporary folder: the nodes read files only from inside it."""
+    import folder_paths
+
+    previous = folder_paths.get_input_directory()
+    folder_paths.set_input_directory(str(tmp_path))
+    yield tmp_path
+    folder_paths.set_input_directory(previous)
+
+
 @pytest.fixture
 def model_folder():
     """register(kind, path, is_default=False): a temporary model folder known to ComfyUI for this test only."""

@@ -70,8 +70,8 @@ def test_two_processes_match_one_with_twice_the_batch(pack_teacher, pack_on_path
     student = OneStepLoadPackModel.execute(STUDENT_FILE).result[0]
     assert student.model_options[STUDENT_INFO_KEY].steps == 3
 
-    resumed, _, _ = OneStepDistillTrainer.execute(pack_teacher, labels(), config(batch_size=2, **JOB_SETTINGS),
-                                                  "two", True).result
+    resumed = OneStepDistillTrainer.execute(pack_teacher, labels(), config(batch_size=2, **JOB_SETTINGS),
+                                            "two", True).result[0]
     assert resumed.model_options[STUDENT_INFO_KEY].steps == 3, "the node continues the job's run, already complete"
     for key, value in weights(student).items():
         assert torch.equal(weights(resumed)[key], value), key

@@ -16,7 +16,8 @@ def labels(text="0-9"):
 
 
 def train(teacher, prompts, run_name="run", resume=True, **overrides):
-    return OneStepDistillTrainer.execute(teacher, prompts, config(**overrides), run_name, resume).result
+    """student, run folder, curve (the fourth output, the report, is checked in test_distill_trainer.py)."""
+    return OneStepDistillTrainer.execute(teacher, prompts, config(**overrides), run_name, resume).result[:3]
 
 
 def weights(student):

@@ -19,6 +19,7 @@ TEST_SIZE = 64  # pixels: the random SD1.5 files are full size, the images are t
 TEACHER_TEST_STEPS = 3  # the shipped 25 cost ~3 minutes of full-size UNet calls on a 2-core CPU
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FRONTEND_ONLY_NODES = {"MarkdownNote", "Note"}  # never sent to the server
+MISSING = object()
 
 
 def shrink(prompt: dict) -> dict:
@@ -72,6 +73,7 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
         linked = {entry["name"]: links[entry["link"]] for entry in node["inputs"] if entry["link"] is not None}
         values = iter(node["widgets_values"])
         inputs = {}
+        optional = set(order.get("optional", []))
         for name in order.get("required", []) + order.get("optional", []):
             if name in linked:
                 inputs[name] = [str(linked[name][1]), linked[name][2]]
@@ -79,7 +81,10 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
             spec = specs[name]
             if not (isinstance(spec[0], list) or spec[0] in WIDGET_TYPES):
                 continue
-            inputs[name] = next(values)
+            value = next(values, MISSING)
+            if value is MISSING and name in optional:
+                continue  # an optional widget added after the workflow was saved: the frontend keeps its default
+            inputs[name] = value
             options = spec[1] if len(spec) > 1 else {}
             # the frontend's rule: a control_after_generate widget follows every INT input named seed / noise_seed
             if options.get("control_after_generate") or (spec[0] == "INT" and name in ("seed", "noise_seed")):
