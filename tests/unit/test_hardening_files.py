@@ -17,6 +17,10 @@ from onestep.safety.prompts import MAX_PROMPT_CHARS, read_prompt_file, read_text
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
 
+class NotATensor:
+    """An object weights-only loading refuses: the file would need pickle."""
+
+
 def test_a_second_writer_is_refused_naming_the_holder_and_the_lock_is_released_after(tmp_path):
     with run_lock(tmp_path / "run", owner="first"):
         with pytest.raises(RunFolderLocked, match=rf"being written by another run \(host .*, pid {os.getpid()}, "
@@ -87,9 +91,6 @@ def test_weight_files_with_garbage_say_so(tmp_path):
     for name in ("header.safetensors", "noise.bin", "zip.pt"):
         with pytest.raises(DamagedFileError, match=f"{name} is not a readable PuLID weights file"):
             read_tensors(tmp_path / name, "PuLID weights")
-
-    class NotATensor:
-        pass
 
     torch.save({"x": NotATensor()}, tmp_path / "pickled.pt")
     with pytest.raises(PickledFileError, match="would need pickle"):
