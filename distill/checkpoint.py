@@ -116,11 +116,15 @@ def fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+FILE_MODE = 0o644  # as ComfyUI's own outputs, whatever the server's umask
+
+
 def write_durable(path: Path, data: bytes) -> None:
-    """Write, flush and fsync a file in place (inside a folder that is not visible yet)."""
+    """Write, flush and fsync a file in place (inside a folder that is not visible yet), mode 0644."""
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
+        os.fchmod(f.fileno(), FILE_MODE)
         os.fsync(f.fileno())
 
 
@@ -328,6 +332,7 @@ def save_checkpoint(
     def put_tensors(filename: str, tensors: dict[str, torch.Tensor]) -> None:
         path = tmp / filename
         save_file(_safetensors_ready(tensors), str(path))
+        os.chmod(path, FILE_MODE)
         fsync_file(path)
         files[filename] = {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
 

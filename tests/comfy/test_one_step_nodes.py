@@ -155,8 +155,8 @@ def test_sigma_outside_the_model_range_is_refused(tiny_sd15):
 
 
 def test_non_positive_batch_size_is_refused(tiny_sd15):
-    assert "batch_size must be at least 1" in OneStepGenerate.validate_inputs(batch_size=0)
-    with pytest.raises(OneStepInputError, match="OneStep Generate: batch_size must be at least 1, got 0"):
+    assert "batch_size must be 1 to 4096, got 0" in OneStepGenerate.validate_inputs(batch_size=0)
+    with pytest.raises(OneStepInputError, match="OneStep Generate: batch_size must be 1 to 4096, got 0"):
         generate(tiny_sd15, conditioning(), batch_size=0)
 
 

@@ -114,8 +114,8 @@ def test_fsdp_on_two_processes_matches_one_with_twice_the_batch_and_resumes(pack
     assert a["generator"] == pytest.approx(b["generator"], rel=1e-4, abs=1e-6), (a, b)
     assert a["fake_score"] == pytest.approx(b["fake_score"], rel=1e-4, abs=1e-6), (a, b)
 
-    resumed, _, _ = OneStepDistillTrainer.execute(pack_teacher, labels(), config(batch_size=2, **longer), "fsdp",
-                                                  True).result
+    resumed = OneStepDistillTrainer.execute(pack_teacher, labels(), config(batch_size=2, **longer), "fsdp",
+                                            True).result[0]
     assert resumed.model_options[STUDENT_INFO_KEY].steps == 4
 
 

@@ -473,11 +473,13 @@ def post_interrupt(server) -> None:
 
 
 def run_until_step_then_interrupt(server, prompt: dict, step: int, timeout_s: float = 300) -> tuple[int, list]:
-    """Queue ``prompt``, POST /interrupt once its progress reaches ``step``; the last progress value seen and the
+    """Queue ``prompt``; once its progress reaches ``step``, POST /interrupt half an iteration later, in the middle of
+    the next iteration, as a person's Cancel lands (an interrupt sent the instant a progress message arrives can
+    land in the trainer's progress hook itself, after ComfyUI's check). Returns the last progress value seen and the
     messages."""
     client_id = uuid.uuid4().hex
     ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/ws?clientId={client_id}", timeout=timeout_s)
-    messages, seen, interrupted = [], 0, False
+    messages, seen, interrupted, arrivals = [], 0, False, {}
     try:
         status, response = server.post_prompt(prompt, client_id)
         assert status == 200, response
@@ -494,7 +496,9 @@ def run_until_step_then_interrupt(server, prompt: dict, step: int, timeout_s: fl
                 continue
             if message["type"] == "progress":
                 seen = max(seen, data["value"])
+                arrivals.setdefault(data["value"], time.monotonic())
                 if seen >= step and not interrupted:
+                    time.sleep((arrivals[seen] - arrivals.get(seen - 1, arrivals[seen])) / 2)
                     post_interrupt(server)
                     interrupted = True
             if message["type"] in ("execution_interrupted", "execution_error", "execution_success"):
