@@ -99,7 +99,7 @@ def test_a_half_precision_teacher_trains_float32_students_and_gives_a_student_in
     for dtype in (torch.float32, torch.bfloat16):
         teacher = tiny_sd15_in(dtype)
         before = weights(teacher)
-        student, run_dir, _ = train(teacher, text_prompts(), run_name=f"dtype_{dtype}", **TEXT)
+        student, run_dir, *_ = train(teacher, text_prompts(), run_name=f"dtype_{dtype}", **TEXT)
         assert all(torch.equal(value, before[key]) for key, value in weights(teacher).items())
         assert student.model.get_dtype() == dtype and {v.dtype for v in weights(student).values()} == {dtype}
         trained[dtype] = load_file(latest_checkpoint(Path(run_dir)) / "generator_ema.safetensors")

@@ -69,7 +69,7 @@ def test_a_bf16_fused_checkpointed_iteration_keeps_float32_weights(sd15_unet, co
         torch.cuda.reset_peak_memory_stats()
     try:
         with caplog.at_level("WARNING"), torch.inference_mode():  # every ComfyUI node runs under inference mode
-            student, run_dir, _ = OneStepDistillTrainer.execute(teacher, prompts, config, "gpu_bf16", False).result
+            student, run_dir, *_ = OneStepDistillTrainer.execute(teacher, prompts, config, "gpu_bf16", False).result
     finally:
         hook.remove()
 
