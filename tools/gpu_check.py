@@ -13,11 +13,11 @@ wheels the GPU machine lacks. Nothing is downloaded. Steps, each under a time bu
     gpu-tier     pytest tests/gpu (fast path graphs, bf16 / fused / checkpointed trainer, FSDP2 over NCCL, PuLID on an
                  SDXL-size UNet, model management)
     P1-graphs    benchmarks/fast_path.py, compile off (CUDA graphs of the eager kernels)
-    P3, P3-lora  benchmarks/trainer.py, SD1.5-size UNet, batch 8, 512 px, bf16 autocast, fp32 master weights, gradient
-                 checkpointing, fused AdamW, EMA; full fine-tuning and LoRA rank 64
+    P1           benchmarks/fast_path.py as the Fast Path nodes ship (torch.compile + CUDA graphs)
+    P3-lora, P3  benchmarks/trainer.py, SD1.5-size UNet, batch 8, 512 px, bf16 autocast, fp32 master weights, gradient
+                 checkpointing, fused AdamW, EMA; LoRA rank 64 (as the SD1.5 workflow), then full fine-tuning
     P5           benchmarks/pulid_overhead.py, SDXL-size UNet, 1024 px, batch 1, cfg 7
     P2           benchmarks/sampler_overhead.py on CUDA
-    P1           benchmarks/fast_path.py as the Fast Path nodes ship (torch.compile + CUDA graphs)
     P4           benchmarks/distill_fmnist.py --device cuda, SiD, its minutes fitted to what is left
 
 Everything lands in --out (default $OUT, else gpu_check_out/), at most 8 files as the device tool returns them:
@@ -87,8 +87,8 @@ class Step:
     name: str
     command: list[str]
     cap_s: float  # at most this long
-    min_s: float  # not started with less than this left (after what it must leave to later steps)
-    leave_s: float = 0.0  # seconds it must leave for the steps after it
+    min_s: float  # not started with less than this
+    est_s: float = 0.0  # what it usually takes: the steps before it leave it that much
     result: str | None = None  # the benchmark's result name (results/<name>.json)
     status: str = "not run"
     seconds: float = 0.0
@@ -218,7 +218,9 @@ def p4_minutes(seconds_left: float, dry: bool) -> float:
     """SiD training minutes for P4: what is left after the teacher's FD, the iteration cost and the evaluations."""
     if dry:
         return 0.01
-    return round(max(0.5, min(3.0, (seconds_left - 75.0) / 60.0 / 1.25)), 2)
+    # about 45 s go to start-up, the teacher's 35-NFE FD on 10k samples, the iteration cost and the plots; the FD
+    # evaluations during training (every quarter) add about a seventh to the training time
+    return round(max(0.25, min(3.0, (seconds_left - 45.0) / 60.0 / 1.15)), 2)
 
 
 def build_steps(dry: bool, results: Path) -> list[Step]:
@@ -229,29 +231,34 @@ def build_steps(dry: bool, results: Path) -> list[Step]:
                "--precision", "bf16", "--grad-checkpointing", "--fused", "--methods", "sid", "--warmup", "1",
                "--iterations", "3"]
     scale = 3.0 if dry else 1.0  # the CPU runs tiny models, but 2 shared cores import torch and ComfyUI slowly
+    # In order of priority. est_s: what the step takes on an H100 by the design's anchors (imports and random
+    # weights included); the steps before it leave the later ones that much. P4 takes whatever is left.
     return [
         Step("gpu-tier", [py, "-m", "pytest", str(REPO_ROOT / "tests" / "gpu"), "-q", "-rfE", "--durations=10",
-                          "--junitxml", "JUNIT"], cap_s=240 * scale, min_s=60, leave_s=60),
+                          "--junitxml", "JUNIT"], cap_s=200 * scale, min_s=60, est_s=90),
         Step("P1-graphs", [*bench("fast_path"), "--batches", "1", "--repeats", "20", "--compile", "off",
-                           "--result-name", "fast_path_graph_only", *dry_flag], cap_s=90 * scale, min_s=30,
-             leave_s=60, result="fast_path_graph_only"),
-        Step("P3", [*trainer, "--result-name", "trainer_sd15", *dry_flag], cap_s=100 * scale, min_s=30, leave_s=60,
-             result="trainer_sd15"),
+                           "--result-name", "fast_path_graph_only", *dry_flag], cap_s=60 * scale, min_s=25, est_s=30,
+             result="fast_path_graph_only"),
+        # the nodes as they ship: torch.compile (max-autotune-no-cudagraphs) of the UNet and the VAE decoder first
+        Step("P1", [*bench("fast_path"), "--batches", "1", "--repeats", "20", *dry_flag], cap_s=180 * scale,
+             min_s=60, est_s=150, result="fast_path"),
         Step("P3-lora", [*trainer, "--lora-rank", "64", "--result-name", "trainer_sd15_lora64", *dry_flag],
-             cap_s=90 * scale, min_s=30, leave_s=60, result="trainer_sd15_lora64"),
+             cap_s=70 * scale, min_s=30, est_s=35, result="trainer_sd15_lora64"),
+        Step("P3", [*trainer, "--result-name", "trainer_sd15", *dry_flag], cap_s=70 * scale, min_s=30, est_s=35,
+             result="trainer_sd15"),
         Step("P5", [*bench("pulid_overhead"), "--device", "cuda", "--skip-embed", "--steps", "5", "--repeats", "3",
-                    *dry_flag], cap_s=100 * scale, min_s=40, leave_s=60, result="pulid_overhead"),
+                    *dry_flag], cap_s=80 * scale, min_s=35, est_s=45, result="pulid_overhead"),
         Step("P2", [*bench("sampler_overhead"), "--device", "cuda", "--batches", "1", "--repeats", "10", *dry_flag],
-             cap_s=60 * scale, min_s=25, leave_s=60, result="sampler_overhead"),
-        Step("P1", [*bench("fast_path"), "--batches", "1", "--repeats", "30", *dry_flag], cap_s=240 * scale,
-             min_s=60, leave_s=90, result="fast_path"),
+             cap_s=50 * scale, min_s=20, est_s=30, result="sampler_overhead"),
         Step("P4", [*bench("distill_fmnist"), "--device", "cuda", "--methods", "sid", "MINUTES", *dry_flag],
-             cap_s=300 * scale, min_s=60, leave_s=0, result="distill_fmnist"),
+             cap_s=300 * scale, min_s=75, est_s=0, result="distill_fmnist"),
     ]
 
 
-def run_step(step: Step, budget: Budget, env: dict, log: Log, logs: Path, dry: bool) -> None:
-    available = budget.left() - SUMMARY_RESERVE_S - step.leave_s
+def run_step(step: Step, budget: Budget, env: dict, log: Log, logs: Path, dry: bool,
+             leave_s: float = 0.0) -> None:
+    """Run one step within its cap and what the budget has left after ``leave_s`` for the steps after it."""
+    available = budget.left() - SUMMARY_RESERVE_S - leave_s
     if available < step.min_s:  # steps run in order of priority: this one may take what it would leave the next
         available = budget.left() - SUMMARY_RESERVE_S
     if available < step.min_s:
@@ -444,7 +451,8 @@ def main(argv=None) -> int:
 
     if install_info:
         cuda = "available True" in install_info["imports"]
-        for step in build_steps(args.dry_run, results):
+        planned = build_steps(args.dry_run, results)
+        for index, step in enumerate(planned):
             steps[step.name] = step
             if args.only and step.name not in args.only:
                 step.status, step.line = "skipped", "not in --only"
@@ -453,7 +461,8 @@ def main(argv=None) -> int:
                 step.status, step.line = "skipped", "no CUDA device on this machine"
                 continue
             since = time.time()
-            run_step(step, budget, env, log, logs, args.dry_run)
+            later = [s for s in planned[index + 1:] if not args.only or s.name in args.only]
+            run_step(step, budget, env, log, logs, args.dry_run, leave_s=sum(s.est_s for s in later))
             found = read_result(step, results if args.dry_run else RESULTS_DIR, since)
             if found is not None:
                 step.data["result"] = found

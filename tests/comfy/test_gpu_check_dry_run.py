@@ -12,7 +12,7 @@ from pathlib import Path
 import gpu_check
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STEPS = ["gpu-tier", "P1-graphs", "P3", "P3-lora", "P5", "P2", "P1", "P4"]
+STEPS = ["gpu-tier", "P1-graphs", "P1", "P3-lora", "P3", "P5", "P2", "P4"]
 
 
 def records() -> dict:
@@ -67,11 +67,17 @@ def test_without_cuda_the_gpu_tier_fails_instead_of_skipping():
 
 def test_a_step_that_does_not_fit_the_budget_is_skipped_and_said(tmp_path):
     log = gpu_check.Log(tmp_path / "log")
-    step = gpu_check.Step("P9", [sys.executable, "-c", "raise SystemExit(3)"], cap_s=30, min_s=20, leave_s=5)
-    gpu_check.run_step(step, gpu_check.Budget(25.0), {**os.environ}, log, tmp_path, dry=True)
+    step = gpu_check.Step("P9", [sys.executable, "-c", "raise SystemExit(3)"], cap_s=30, min_s=20)
+    gpu_check.run_step(step, gpu_check.Budget(25.0), {**os.environ}, log, tmp_path, dry=True, leave_s=40)
     assert step.status == "skipped" and "out of time" in step.line  # 25 s minus the summary's 10 s < 20 s
-    gpu_check.run_step(step, gpu_check.Budget(40.0), {**os.environ}, log, tmp_path, dry=True)
-    assert step.status == "failed" and step.line.startswith("exit 3")  # it may take what it would leave the next
+    gpu_check.run_step(step, gpu_check.Budget(33.0), {**os.environ}, log, tmp_path, dry=True, leave_s=40)
+    assert step.status == "failed" and step.line.startswith("exit 3")  # it takes what it would have left the next
     slow = gpu_check.Step("P8", [sys.executable, "-c", "import time; time.sleep(60)"], cap_s=2, min_s=1)
     gpu_check.run_step(slow, gpu_check.Budget(100.0), {**os.environ}, log, tmp_path, dry=True)
     assert slow.status == "timed out" and slow.seconds < 10
+
+
+def test_p4_trains_for_the_minutes_left():
+    assert gpu_check.p4_minutes(100, dry=False) == 0.8
+    assert gpu_check.p4_minutes(1000, dry=False) == 3.0  # the benchmark's full GPU scale
+    assert gpu_check.p4_minutes(60, dry=False) == 0.25
