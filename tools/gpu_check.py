@@ -356,7 +356,7 @@ def goals(steps: dict[str, Step], dry: bool) -> list[str]:
         p3 = result(name)
         if p3:
             met = p3["s_per_it"] <= 0.6 and p3["peak_gb"] <= 30
-            lines.append(f"{name} {tag}{p3['s_per_it']:.3f} s/it, {p3['peak_gb']:.1f} GB peak ({p3['setting']}) vs "
+            lines.append(f"{name} {tag}{p3['s_per_it']:.3f} s/it, {p3['peak_gb']:.1f} GiB peak ({p3['setting']}) vs "
                          f"<= 0.6 s/it and <= 30 GB: {verdict(met, dry)}")
         else:
             lines.append(f"{name} no figure: " + (steps[name].status if name in steps else "not run"))
