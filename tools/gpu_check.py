@@ -299,11 +299,28 @@ def run_step(step: Step, budget: Budget, env: dict, log: Log, logs: Path, dry: b
         closing = [line for line in text.splitlines()
                    if re.match(r"^=* ?\d+ (passed|failed|errors?|skipped)\b.* in [\d.]+s", line)]
         step.line = (closing[-1].strip("= ") if closing else "no pytest summary line") + f" ({step.line})"
+        failing = failed_tests(logs / "junit-gpu.xml")
+        if failing:
+            step.data["failed_tests"] = failing
+            step.line += "; failed: " + ", ".join(failing)
     if step.status != "ok":
         tail = "\n".join(text.splitlines()[-25:])
         log.say(f"{step.name}: {step.status}, {step.line}; last lines:\n{tail}")
     else:
         log.say(f"{step.name}: {step.line}")
+
+
+def failed_tests(junit: Path) -> list[str]:
+    """Names of the failed or erroring tests in a JUnit XML report (none when there is no report)."""
+    if not junit.exists():
+        return []
+    import xml.etree.ElementTree as ElementTree
+
+    names = []
+    for case in ElementTree.parse(junit).getroot().iter("testcase"):
+        if case.find("failure") is not None or case.find("error") is not None:
+            names.append(f"{case.get('classname', '').split('.')[-1]}::{case.get('name')}")
+    return names
 
 
 # --- results and goals ------------------------------------------------------------------------------------------

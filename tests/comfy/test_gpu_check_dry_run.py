@@ -55,14 +55,17 @@ def test_the_dry_run_passes_every_step_and_leaves_the_records_alone(tmp_path):
     assert not [name for name in names if name.startswith("benchmarks/")], "a dry run packs no record"
 
 
-def test_without_cuda_the_gpu_tier_fails_instead_of_skipping():
+def test_without_cuda_the_gpu_tier_fails_instead_of_skipping(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     env.pop("ONESTEP_GPU_DRY_RUN", None)
-    done = subprocess.run([sys.executable, "-m", "pytest", "tests/gpu/test_fsdp_cuda.py", "-q"], cwd=REPO_ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    junit = tmp_path / "junit.xml"
+    done = subprocess.run([sys.executable, "-m", "pytest", "tests/gpu/test_fsdp_cuda.py", "-q", "--junitxml",
+                           str(junit)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout[-3000:]
     assert "tests/gpu needs CUDA and torch.cuda.is_available() is False" in done.stdout
     assert "1 error" in done.stdout and "skipped" not in done.stdout
+    # the GPU check's summary names it
+    assert gpu_check.failed_tests(junit) == ["test_fsdp_cuda::test_fsdp2_over_nccl_trains_like_the_unsharded_network"]
 
 
 def test_a_step_that_does_not_fit_the_budget_is_skipped_and_said(tmp_path):
