@@ -235,6 +235,7 @@ def build_steps(dry: bool, results: Path) -> list[Step]:
     # weights included); the steps before it leave the later ones that much. P4 takes whatever is left.
     return [
         Step("gpu-tier", [py, "-m", "pytest", str(REPO_ROOT / "tests" / "gpu"), "-q", "-rfE", "--durations=10",
+                          "-o", "faulthandler_timeout=120",
                           "--junitxml", "JUNIT"], cap_s=200 * scale, min_s=60, est_s=90),
         Step("P1-graphs", [*bench("fast_path"), "--batches", "1", "--repeats", "20", "--compile", "off",
                            "--result-name", "fast_path_graph_only", *dry_flag], cap_s=60 * scale, min_s=25, est_s=30,
