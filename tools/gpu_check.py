@@ -298,6 +298,9 @@ def run_step(step: Step, budget: Budget, env: dict, log: Log, logs: Path, dry: b
     else:
         step.status = "ok" if code == 0 else "failed"
         step.line = f"exit {code} after {step.seconds:.0f} s"
+    first_calls = [line for line in text.splitlines() if "first call (compile" in line]  # fast_path.py says so
+    if first_calls:
+        step.data["first_call"] = first_calls[-1].strip()
     if step.name == "gpu-tier":
         closing = [line for line in text.splitlines()
                    if re.match(r"^=* ?\d+ (passed|failed|errors?|skipped)\b.* in [\d.]+s", line)]
@@ -359,7 +362,11 @@ def goals(steps: dict[str, Step], dry: bool) -> list[str]:
                      f"outputs {match} eager) vs <= 12 ms: "
                      f"{verdict(p1['fast_ms'] <= 12 and p1['matches_eager'], dry)}")
     else:
-        lines.append(f"P1 no figure: the compiled fast path step {steps['P1'].status if 'P1' in steps else 'not run'}")
+        step = steps.get("P1")
+        why = f"{step.status}, {step.line}" if step else "not run"
+        if step and step.status == "timed out":
+            why += "; " + step.data.get("first_call", "its first call (torch.compile + capture) had not finished")
+        lines.append(f"P1 no figure: the compiled fast path step {why}")
     if graphs:
         lines.append(f"P1 (compile off) {tag}{graphs['fast_ms']:.1f} ms (eager "
                      f"{graphs['eager_ms']:.1f} ms; UNet {graphs['unet_ms']:.1f} ms, VAE {graphs['vae_ms']:.1f} ms) "

@@ -84,3 +84,29 @@ def test_p4_trains_for_the_minutes_left():
     assert gpu_check.p4_minutes(100, dry=False) == 0.8
     assert gpu_check.p4_minutes(1000, dry=False) == 3.0  # the benchmark's full GPU scale
     assert gpu_check.p4_minutes(60, dry=False) == 0.25
+
+
+def test_each_goal_is_judged_against_its_target():
+    steps = {name: gpu_check.Step(name, [], 1, 1, status="ok") for name in STEPS}
+    fast = dict(fast_ms=10.5, eager_ms=44.0, unet_ms=5.0, vae_ms=5.5, compile_s=70.0, compile=True, strategy="auto",
+                matches_eager=True)
+    steps["P1"].data["result"] = fast
+    steps["P1-graphs"].data["result"] = {**fast, "fast_ms": 31.0, "compile": False}
+    steps["P2"].data["result"] = dict(overhead_ratio=1.02, speedup_vs_25step_cfg=23.0, model="SD1.5-size UNet",
+                                      image_size=512, batch=1)
+    steps["P3"].data["result"] = dict(s_per_it=0.45, peak_gb=36.2, setting="batch 8, full fine-tuning")
+    steps["P3-lora"].data["result"] = dict(s_per_it=0.55, peak_gb=12.0, setting="batch 8, LoRA rank 64")
+    steps["P4"].data["result"] = dict(sid_fd_1nfe=1.2, teacher_fd_35nfe=1.36, minutes=2.0, batch=256)
+    steps["P5"].data["result"] = dict(overhead_ratio=1.2, model="SDXL-size UNet", size=1024, plain_step_ms=95,
+                                      pulid_step_ms=114)
+    lines = {line.split(" ")[0] + (" graphs" if "compile off" in line else ""): line
+             for line in gpu_check.goals(steps, dry=False)}
+    assert lines["P1"].endswith("vs <= 12 ms: MET")
+    assert lines["P1 graphs"].endswith("vs <= 12 ms: MISSED")
+    assert lines["P2"].endswith("figure only")
+    assert lines["P3"].endswith("MISSED") and "36.2 GiB" in lines["P3"]  # fast enough, too much memory
+    assert lines["P3-lora"].endswith("MET") and "LoRA rank 64" in lines["P3-lora"]
+    assert lines["P4"].endswith("MET")
+    assert lines["P5"].endswith("MISSED")
+    fast["matches_eager"] = False  # fast but wrong is no result
+    assert gpu_check.goals(steps, dry=False)[0].endswith("MISSED")
