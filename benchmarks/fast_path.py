@@ -94,6 +94,8 @@ def main() -> int:
             fast_image = fast_decoder.decode(vae, fast_latent)
             comfy.model_management.soft_empty_cache()
             compile_s = time.perf_counter() - started
+            print(f"batch {batch}: first call (compile {'on' if compile_function else 'off'} + capture) "
+                  f"{compile_s:.1f} s", flush=True)
             eager_latent = generate(model, batch)["samples"]
             eager_image = vae.decode(eager_latent)
             latent_error = float((fast_latent - eager_latent).abs().max())

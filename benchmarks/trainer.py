@@ -187,12 +187,9 @@ def main() -> int:
               "resident_gb": rows[0]["resident_gb"],
               "per_method": rows}
     summary = ", ".join(describe_row(row) for row in rows)
-    chosen = ", ".join(f"{k} {v}" for k, v in options.items() if v is True or v not in (False, 0, 1))  # True == 1
     load = f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores" if device.type == "cpu" else ""
-    size_text = f", {size} px" if args.model != "fmnist" else ""
     write_result(args.result_name, result, shlex.join(["python", "benchmarks/trainer.py", *sys.argv[1:]]),
-                 f"{summary} ({model}, batch {result['batch']}{size_text}, {args.precision}"
-                 f"{', ' + chosen if chosen else ''}{load})")
+                 f"{summary} ({model}, {result['setting']}{load})")
     return 0
 
 

@@ -16,6 +16,13 @@ from onestep.nodes.sampling import OneStepGenerate
 FIRST_INPUT_CONV = "diffusion_model.input_blocks.0.0.weight"
 
 
+@pytest.fixture(autouse=True)
+def inference_mode():
+    """ComfyUI runs every node under inference mode: capture and replay under it too."""
+    with torch.inference_mode():
+        yield
+
+
 def conditioning(context_dim: int, seed: int = 0):
     return [[torch.randn(1, 77, context_dim, generator=torch.Generator().manual_seed(seed)), {}]]
 

@@ -6,6 +6,7 @@ Distiller's own sharded path (it shards only when world_size > 1) needs a machin
 """
 
 import copy
+import os
 import socket
 
 import pytest
@@ -29,10 +30,11 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def process_group(scale):
+def process_group(scale, monkeypatch):
     backend = "gloo" if scale.dry else "nccl"
     if not scale.dry:
         torch.cuda.set_device(0)
+        monkeypatch.setenv("NCCL_SOCKET_IFNAME", os.environ.get("NCCL_SOCKET_IFNAME", "lo"))  # one host, one rank
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     yield backend
     dist.destroy_process_group()
