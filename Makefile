@@ -133,7 +133,7 @@ benchmark-quick: install
 # The GPU check (README, "Checking on a GPU"). gpu-carry prepares .gpu-carry/ here (the host wheel and the wheels the
 # GPU machine lacks); gpu-check runs ON the GPU machine, which has no .venv: its own python3 (PyTorch with CUDA),
 # everything under $(OUT) (default gpu_check_out/), at most 8 minutes. gpu-check-dry-run: the same steps on the CPU at
-# tiny sizes (make test runs it through tests/comfy/test_gpu_check_dry_run.py).
+# tiny sizes (make test runs it through tests/unit/test_gpu_check_dry_run.py).
 GPU_PYTHON ?= python3
 gpu-carry: install
 	$(PY) tools/gpu_carry.py
