@@ -61,6 +61,12 @@ def pack_network_problem(path: str | None) -> str | None:
     return None
 
 
+def not_a_pack_network(model_name: str, path: str) -> str:
+    return (f"OneStep Load Pack Model: '{model_name}' is not an EDM network saved by this pack: "
+            f"{pack_network_problem(path)} (looked in {folder_paths.get_folder_paths(FOLDER)}). Choose the teacher "
+            "or a student saved by OneStep Save Student.")
+
+
 def pack_model_files() -> list[str]:
     """The EDM networks saved by this pack in models/onestep and the pack's own models/ (not the classifier, the
     FD statistics, model cards or pictures): safetensors files whose metadata says ``network: edm_denoiser``."""
@@ -167,6 +173,10 @@ class OneStepLoadPackModel(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, model_name) -> bool | str:
+        register_model_folder()
+        path = folder_paths.get_full_path(FOLDER, model_name)
+        if path is not None and pack_network_problem(path) is not None:  # there, but not a network it can load
+            return not_a_pack_network(model_name, path)
         return unlisted_file_error("OneStep Load Pack Model", model_name, pack_model_files(),
                                    folder_paths.get_folder_paths(FOLDER),
                                    "Students appear there when OneStep Save Student writes them (run the "
@@ -185,11 +195,8 @@ class OneStepLoadPackModel(io.ComfyNode):
         if path is None:
             raise FileNotFoundError(f"OneStep Load Pack Model: '{model_name}' not found in "
                                     f"{folder_paths.get_folder_paths(FOLDER)}.")
-        problem = pack_network_problem(path)
-        if problem is not None:
-            raise ValueError(f"OneStep Load Pack Model: '{model_name}' is not an EDM network saved by this pack: "
-                             f"{problem} (looked in {folder_paths.get_folder_paths(FOLDER)}). Choose the teacher or "
-                             "a student saved by OneStep Save Student.")
+        if pack_network_problem(path) is not None:
+            raise ValueError(not_a_pack_network(model_name, path))
         model = edm_model_patcher(load_network(path))
         info = read_info(path)
         student = {field.name: info[field.name] for field in fields(StudentInfo) if field.name in info}
