@@ -15,7 +15,7 @@ DEMO = "onestep_distill_fmnist"
 # on 2 cores shared with three other test runs). The tier types a smaller count into the iterations widget before
 # pressing Run, as a user would; ONESTEP_DEMO_ITERATIONS=shipped runs it untouched (give it ONESTEP_DEMO_TIMEOUT_S).
 DEMO_ITERATIONS = os.environ.get("ONESTEP_DEMO_ITERATIONS", "40")
-DEMO_TIMEOUT_S = float(os.environ.get("ONESTEP_DEMO_TIMEOUT_S", "900"))
+DEMO_TIMEOUT_S = float(os.environ.get("ONESTEP_DEMO_TIMEOUT_S", "1800"))
 SET_WIDGET = """([id, name, value]) => {
   const node = window.app.graph.getNodeById(Number(id)), widget = node.widgets.find(w => w.name === name);
   widget.value = value; widget.callback?.(value); window.app.graph.setDirtyCanvas(true, true);
