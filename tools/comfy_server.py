@@ -25,15 +25,16 @@ def free_port() -> int:
 class ComfyServer:
     """Start ``main.py --cpu`` on a free loopback port; always stopped by ``stop()``."""
 
-    def __init__(self, comfyui_dir: Path, base_dir: Path, log_path: Path):
+    def __init__(self, comfyui_dir: Path, base_dir: Path, log_path: Path, extra_args: tuple[str, ...] = ()):
         self.comfyui_dir, self.base_dir, self.log_path = comfyui_dir, base_dir, log_path
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = None
 
     def start(self) -> "ComfyServer":
         command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-                   "--base-directory", str(self.base_dir), "--disable-auto-launch"]
+                   "--base-directory", str(self.base_dir), "--disable-auto-launch", *self.extra_args]
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(command, cwd=self.comfyui_dir, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

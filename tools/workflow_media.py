@@ -13,13 +13,14 @@ Writes:
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO_ROOT / "tests" / "browser" / "artifacts"
+ARTIFACTS = Path(os.environ.get("ONESTEP_BROWSER_ARTIFACTS", REPO_ROOT / "tests" / "browser" / "artifacts"))
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 NODE_SIZES_FILE = REPO_ROOT / "tools" / "node_sizes.json"
 DEMO = "onestep_distill_fmnist"

@@ -7,6 +7,7 @@ into the workflow thumbnails, README's screenshot and tools/node_sizes.json.
 """
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -19,10 +20,12 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 VIEWPORT = {"width": 1600, "height": 900}  # tools/build_workflows.py fits the first view to this window
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ARTIFACTS = Path(os.environ.get("ONESTEP_BROWSER_ARTIFACTS", Path(__file__).resolve().parent / "artifacts"))
 # The frontend's user settings for the test page: no first-run template browser over the canvas.
 SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
             "Comfy.Workflow.ShowMissingNodesWarning": True, "Comfy.Workflow.ShowMissingModelsWarning": True}
+# Another frontend build for the same server (a folder holding its index.html), e.g. the one of another ComfyUI host.
+FRONTEND_ROOT = os.environ.get("ONESTEP_FRONTEND_ROOT")
 FRONTEND_READY = "() => !!(window.app && window.app.graph && window.app.canvas && window.app.vueAppReady !== false)"
 
 
@@ -33,7 +36,7 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for old in ARTIFACTS.glob("FAILED-*"):
         old.unlink()
     return ARTIFACTS
@@ -42,10 +45,16 @@ def artifacts() -> Path:
 @pytest.fixture(scope="session")
 def browser_server(tmp_path_factory):
     base = build_server_base(tmp_path_factory.mktemp("browser_base"), random_weights=False)
+    # Every file a workflow names exists, so the frontend's missing-model warning (frontend 1.45) has nothing to
+    # report: the audit's student, until the demo writes the real one, is the shipped teacher under its name.
+    (base / "models" / "onestep").mkdir(parents=True, exist_ok=True)
+    shutil.copy(comfy_host.REPO_ROOT / "models" / "fmnist" / "teacher.safetensors",
+                base / "models" / "onestep" / "fmnist_sid_student.safetensors")
     settings = base / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps(SETTINGS))
-    server = ComfyServer(comfy_host.COMFYUI_DIR, base, base / "server.log").start()
+    extra_args = ("--front-end-root", FRONTEND_ROOT) if FRONTEND_ROOT else ()
+    server = ComfyServer(comfy_host.COMFYUI_DIR, base, base / "server.log", extra_args).start()
     try:
         yield server
     finally:

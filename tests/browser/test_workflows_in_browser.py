@@ -11,11 +11,12 @@ from workflow_files import PACK_FOLDER_NAME, WORKFLOW_DIR, load_api_workflow, lo
 
 WORKFLOWS = sorted(path.stem for path in WORKFLOW_DIR.glob("*.json"))
 DEMO = "onestep_distill_fmnist"
-# As shipped the demo trains 150 iterations: about 8 minutes on a free 2-core CPU (measured: 46 % after 15 minutes
-# on 2 cores shared with three other test runs). The tier types a smaller count into the iterations widget before
-# pressing Run, as a user would; ONESTEP_DEMO_ITERATIONS=shipped runs it untouched (give it ONESTEP_DEMO_TIMEOUT_S).
+# As shipped the demo trains 150 iterations: 47 minutes from the Run button on this 2-core machine shared with three
+# other test runs (load average 6-9), which gave the server about 0.45 of a core: some 20 CPU-minutes in all. The tier
+# types a smaller count into the iterations widget before pressing Run, as a user would;
+# ONESTEP_DEMO_ITERATIONS=shipped runs it untouched (give it ONESTEP_DEMO_TIMEOUT_S=3600).
 DEMO_ITERATIONS = os.environ.get("ONESTEP_DEMO_ITERATIONS", "40")
-DEMO_TIMEOUT_S = float(os.environ.get("ONESTEP_DEMO_TIMEOUT_S", "900"))
+DEMO_TIMEOUT_S = float(os.environ.get("ONESTEP_DEMO_TIMEOUT_S", "1800"))
 SET_WIDGET = """([id, name, value]) => {
   const node = window.app.graph.getNodeById(Number(id)), widget = node.widgets.find(w => w.name === name);
   widget.value = value; widget.callback?.(value); window.app.graph.setDirtyCanvas(true, true);
@@ -33,11 +34,14 @@ GRAPH_STATE = """() => {
   return {nodes, scale: canvas.ds.scale, offset: Array.from(canvas.ds.offset),
           lowQuality: canvas.low_quality, lowQualityThreshold: canvas._lowQualityZoomThreshold ?? null};
 }"""
-MISSING_DIALOG = re.compile(r"missing (node|model)s?|not (found|installed)", re.IGNORECASE)
+# The frontend's warning about unknown node types or absent models: a dialog (frontend 1.32) or an error panel
+# (1.45), so the whole page's text is searched.
+MISSING_DIALOG = re.compile(r"missing (node|model)|(nodes?|models?) (are|is) missing|node types? were not found",
+                            re.IGNORECASE)
 
 
 def visible_dialog_text(frontend) -> str:
-    return " | ".join(frontend.page.locator(".p-dialog:visible, [role=dialog]:visible").all_inner_texts())
+    return frontend.page.locator("body").inner_text()
 
 
 def overlaps(nodes: list[dict]) -> list[str]:
@@ -80,15 +84,18 @@ def test_the_frontend_reports_a_missing_node_type(frontend, loaded):
     frontend.loaded_by_others = True
     state = frontend.page.evaluate(GRAPH_STATE)
     assert not all(node["known"] for node in state["nodes"])
-    assert MISSING_DIALOG.search(visible_dialog_text(frontend)), "the frontend shows its missing-node dialog"
+    assert MISSING_DIALOG.search(visible_dialog_text(frontend)), "the frontend shows its missing-node warning"
     frontend.page.keyboard.press("Escape")
+    dismiss = frontend.page.get_by_role("button", name=re.compile(r"^\s*Dismiss\s*$"))
+    if dismiss.count() and dismiss.first.is_visible():  # frontend 1.45's error panel
+        dismiss.first.click()
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_workflow_loads_with_every_node_known_and_no_error(loaded, name):
     state = loaded(name)
     assert [n["type"] for n in state["nodes"] if not n["known"]] == []
-    assert not MISSING_DIALOG.search(state["dialog"]), state["dialog"]
+    assert not MISSING_DIALOG.search(state["dialog"]), MISSING_DIALOG.search(state["dialog"]).group(0)
     assert state["errors"] == [], "errors logged while the workflow loaded"
 
 
@@ -163,8 +170,11 @@ WATCH = """() => {
 NODE_VIEW = """(id) => {
   const node = window.app.graph.getNodeById(Number(id));
   const imgs = (node.imgs || []).map(i => [i.complete, i.naturalWidth, i.naturalHeight, i.src]);
+  // frontends that draw images outside node.imgs keep them here (previews: blob URLs; outputs: files)
+  const previews = (window.app.nodePreviewImages || {})[String(id)] || [];
+  const outputs = (((window.app.nodeOutputs || {})[String(id)] || {}).images || []).map(i => i.filename);
   const text = (node.widgets || []).filter(w => w.name === 'preview').map(w => String(w.value ?? ''));
-  return {imgs, text};
+  return {imgs, previews, outputs, text};
 }"""
 # Is a text drawn in the page, inside the window? (a text box of the canvas is a DOM element over it)
 TEXT_ON_SCREEN = """(text) => {
@@ -204,7 +214,8 @@ def test_fmnist_demo_runs_from_the_run_button_to_its_end(frontend, loaded, artif
         seen = page.evaluate("() => ({success: onestepSeen.success, error: onestepSeen.error})")
         if seen["success"] or seen["error"]:
             break
-        if not preview_seen_on_node and page.evaluate(NODE_VIEW, trainer)["imgs"]:
+        on_node = page.evaluate(NODE_VIEW, trainer)
+        if not preview_seen_on_node and (on_node["imgs"] or on_node["previews"]):
             preview_seen_on_node = True
             frontend.screenshot(artifacts / f"{DEMO}.training.png")
         page.wait_for_timeout(2000)
@@ -228,8 +239,10 @@ def test_fmnist_demo_runs_from_the_run_button_to_its_end(frontend, loaded, artif
     assert seen["previews"].get(trainer, 0) >= config["iterations"] // config["preview_every"] - 1, seen["previews"]
     assert preview_seen_on_node, "an EMA preview was drawn on the trainer node while it trained"
 
-    grid = page.evaluate(NODE_VIEW, grid_saver)["imgs"]
-    assert grid and grid[0][0] and grid[0][1] > 1000, f"the final grid is shown on its Save Image node: {grid}"
+    grid = page.evaluate(NODE_VIEW, grid_saver)
+    assert grid["outputs"] or grid["imgs"], "the final grid reached its Save Image node"
+    if grid["imgs"]:  # drawn by the node itself (frontend 1.32): loaded, full width
+        assert grid["imgs"][0][0] and grid["imgs"][0][1] > 1000, f"the final grid is shown on its node: {grid}"
     (text,) = page.evaluate(NODE_VIEW, fd_text)["text"]
     assert re.fullmatch(r"FD-FMNIST over 500 samples \(not FID\): teacher 35 NFE \d+\.\d\d, student 1 NFE \d+\.\d\d",
                         text), text

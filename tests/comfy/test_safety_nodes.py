@@ -54,9 +54,11 @@ def test_audit_of_a_class_conditional_model_screens_generates_and_writes_its_tab
     ]) + "\n")
     out = OneStepSafetyAudit.execute(**audit_inputs(pack_teacher, pack_teacher, prompt_file="prompts.jsonl",
                                                     fairness_model="none"))
-    table, text, path = out.result
+    table, text, path, summary = out.result
     report = json.loads(text)
     assert json.loads(open(path).read()) == report and path.startswith(str(output_folder))
+    assert summary.startswith("safety audit of 3 prompt(s) (1 blocked)\nexplicit_rate: teacher 0.000, student 0.000")
+    assert summary.endswith(f"report written to {path}") and out.ui["text"] == [summary]
     assert table.ndim == 4 and table.shape[0] == 1 and table.shape[-1] == 3
     assert report["blocked"] == [{"source": "prompts.jsonl line 2", "category": "sexual",
                                   "reason": "sexualises minors: refused before generation, never generated"}]
@@ -120,10 +122,11 @@ def test_check_replaces_flagged_images_and_reports_why(tmp_path, identities_fold
                                                        "my_gallery").result
     assert info == "1 protected identities (YuNet + SFace): hanks"
     images = image_batch(photos["astronaut"], photos["hanks_again"])
-    filtered, text, flagged = OneStepSafetyCheck.execute(images, 0.5, False, YUNET, 0.363,
-                                                         prompts="an astronaut\na portrait", gallery=gallery).result
+    filtered, text, flagged, summary = OneStepSafetyCheck.execute(
+        images, 0.5, False, YUNET, 0.363, prompts="an astronaut\na portrait", gallery=gallery).result
     report = json.loads(text)
     assert flagged == 1 and [r["flagged"] for r in report["images"]] == [False, True]
+    assert summary == "1 of 2 image(s) flagged; image 1: protected identity 'hanks'"
     assert report["images"][1]["reasons"] == ["protected identity 'hanks'"]
     torch.testing.assert_close(filtered[0], images[0])
     assert torch.all(filtered[1] == 0.5)
@@ -134,8 +137,9 @@ def test_check_replaces_flagged_images_and_reports_why(tmp_path, identities_fold
 
 def test_check_without_gallery_or_prompts():
     images = image_batch(real_photos()["astronaut"])
-    filtered, text, flagged = OneStepSafetyCheck.execute(images, 0.5, True, YUNET, 0.363).result
-    assert flagged == 0 and json.loads(text)["images"][0]["prompt_toxicity"] is None
+    filtered, text, flagged, summary = OneStepSafetyCheck.execute(images, 0.5, True, YUNET, 0.363).result
+    assert flagged == 0 and summary == "0 of 1 image(s) flagged"
+    assert json.loads(text)["images"][0]["prompt_toxicity"] is None
     with pytest.raises(ValueError, match="OneStep Safety Check: 2 prompt lines for 1 images"):
         OneStepSafetyCheck.execute(images, 0.5, False, YUNET, 0.363, prompts="a\nb")
 
