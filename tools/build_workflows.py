@@ -510,7 +510,7 @@ def pulid_flux() -> Workflow:
 
 CONFIG_OUTPUTS = [("ONESTEP_DISTILL_CONFIG", "ONESTEP_DISTILL_CONFIG")]
 PROMPTS_OUTPUTS = [("ONESTEP_PROMPTS", "ONESTEP_PROMPTS")]
-TRAINER_OUTPUTS = [("student", "MODEL"), ("run_folder", "STRING"), ("curve", "IMAGE")]
+TRAINER_OUTPUTS = [("student", "MODEL"), ("run_folder", "STRING"), ("curve", "IMAGE"), ("report", "STRING")]
 DISTILL_CONFIG_DEFAULTS = {  # in the config node's input order
     "method": "sid", "iterations": 400, "batch_size": 32, "lr_generator": 1e-5, "lr_fake_score": 1e-5, "alpha": 1.2,
     "k1_train_fake": 1.0, "k2_k3_eval_fake": 1.0, "k4_eval_real": 1.0, "sim_c": 1e-3, "width": 28, "height": 28,
@@ -546,13 +546,15 @@ def distill_sd15() -> Workflow:
                                             ("prompt_file", ""), ("clip", teacher.out(1))], PROMPTS_OUTPUTS, 0, 1,
                     "Prompts (one per line, or a prompt file)")
     config = w.add("OneStepDistillConfig", distill_config_inputs(
-        method="sid-lsg", iterations=20000, batch_size=1, lr_generator=1e-6, lr_fake_score=1e-6, k1_train_fake=1.5,
+        method="sid-lsg", iterations=20000, batch_size=1, lr_generator=1e-6, lr_fake_score=1e-6, alpha=1.0,
+        k1_train_fake=1.5,
         k2_k3_eval_fake=1.5, k4_eval_real=1.5, width=512, height=512, precision="bf16", checkpoint_every=500,
         preview_every=100, grad_accumulation=8, gradient_checkpointing=True, fused_adamw=True, lora_rank=64,
     ), CONFIG_OUTPUTS, 0, 2, "SiD-LSG, guidance 1.5 (LoRA 64, bf16, checkpointing: aimed at 24 GB)")
     trainer = w.add("OneStepDistillTrainer", trainer_inputs(teacher.out(0), prompts.out(0), config.out(0),
                                                              "sd15_sid_lsg"), TRAINER_OUTPUTS, 1, 0)
-    w.add("OneStepSaveStudent", [("student", trainer.out(0)), ("name", "sd15_sid_lsg_student")],
+    # the workflow's own student: a second Run replaces it
+    w.add("OneStepSaveStudent", [("student", trainer.out(0)), ("name", "sd15_sid_lsg_student"), ("overwrite", True)],
           [("path", "STRING")], 2, 1)
     text = w.add("CLIPTextEncode", [("text", PROMPT), ("clip", teacher.out(1))], [("CONDITIONING", "CONDITIONING")],
                  1, 1)
@@ -575,7 +577,8 @@ def distill_fmnist() -> Workflow:
         checkpoint_every=100, preview_every=20), CONFIG_OUTPUTS, 0, 2)
     trainer = w.add("OneStepDistillTrainer",
                     trainer_inputs(teacher.out(0), prompts.out(0), config.out(0), "fmnist_sid"), TRAINER_OUTPUTS, 1, 0)
-    w.add("OneStepSaveStudent", [("student", trainer.out(0)), ("name", "fmnist_sid_student")],
+    # the workflow's own student: a second Run replaces it
+    w.add("OneStepSaveStudent", [("student", trainer.out(0)), ("name", "fmnist_sid_student"), ("overwrite", True)],
           [("path", "STRING")], 2, 1)
     evaluation = w.add(
         "OneStepFDFMNIST",
