@@ -246,3 +246,21 @@ def test_fmnist_demo_runs_from_the_run_button_to_its_end(frontend, loaded, artif
     assert re.fullmatch(r"FD-FMNIST over 500 samples \(not FID\): teacher 35 NFE \d+\.\d\d, student 1 NFE \d+\.\d\d",
                         text), text
     assert page.evaluate(TEXT_ON_SCREEN, text), "the FD report is drawn on the canvas, in view"
+
+
+def test_safety_audit_summary_is_drawn_on_the_canvas(frontend, loaded):
+    """The audit's one-line summary reaches the stock Preview as Text node. Shortened through its widgets (6 prompts,
+    4 teacher steps): the point is the route to the canvas; the e2e tier checks the report itself."""
+    name = "onestep_safety_audit_fmnist"
+    loaded(name)
+    frontend.loaded_by_others = True  # the widgets change below
+    page, audit = frontend.page, node_id(name, "OneStepSafetyAudit")
+    page.evaluate(WATCH)
+    page.evaluate(SET_WIDGET, [audit, "max_prompts", 6])
+    page.evaluate(SET_WIDGET, [audit, "teacher_steps", 4])
+    run_button(page).click()
+    page.wait_for_function("() => onestepSeen.success || onestepSeen.error !== null", timeout=1_200_000, polling=1000)
+    assert page.evaluate("() => onestepSeen.error") is None
+    (text,) = page.evaluate(NODE_VIEW, node_id(name, "PreviewAny"))["text"]
+    assert text.startswith("safety audit of 6 prompt(s) (0 blocked)\nexplicit_rate: teacher ") and "written to" in text
+    assert page.evaluate(TEXT_ON_SCREEN, text.splitlines()[0]), "the audit summary is drawn on the canvas, in view"
