@@ -172,7 +172,9 @@ NODE_VIEW = """(id) => {
   // frontends that draw images outside node.imgs keep them here (previews: blob URLs; outputs: files)
   const previews = (window.app.nodePreviewImages || {})[String(id)] || [];
   const outputs = (((window.app.nodeOutputs || {})[String(id)] || {}).images || []).map(i => i.filename);
-  const text = (node.widgets || []).filter(w => w.name === 'preview').map(w => String(w.value ?? ''));
+  // Preview as Text's widget: 'preview' in frontend 1.32, 'preview_text' in 1.45 (ComfyUI 0.28's)
+  const text = (node.widgets || []).filter(w => ['preview', 'preview_text'].includes(w.name))
+    .map(w => String(w.value ?? ''));
   return {imgs, previews, outputs, text};
 }"""
 # Is a text drawn in the page, inside the window? (a text box of the canvas is a DOM element over it)

@@ -145,20 +145,6 @@ def pixels_of_empty_latent() -> dict:
             "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "hardening/x"}}}
 
 
-def ksampler_on_empty_latent() -> dict:
-    """ComfyUI turns an all-zero latent into the model's shape: 0.3.75 keeps the 30 px image's 3 x 3 latent, 0.28 makes
-    it 30 x 30 pixels; neither side is a multiple of 4."""
-    return {"1": {"class_type": "OneStepLoadPackModel", "inputs": {"model_name": "teacher.safetensors"}},
-            "2": {"class_type": "OneStepClassLabel", "inputs": {"class_label": 1}},
-            "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 30, "height": 30, "batch_size": 1}},
-            "4": {"class_type": "KSampler",
-                  "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["3", 0],
-                             "seed": 0, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "karras",
-                             "denoise": 1.0}},
-            "5": {"class_type": "OneStepPixelsToImage", "inputs": {"samples": ["4", 0]}},
-            "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "hardening/x"}}}
-
-
 # --- helpers ----------------------------------------------------------------------------------------------------
 
 
@@ -358,8 +344,6 @@ CASES = [
      ["OneStep Load Pack Model: 'truncated.safetensors'", "not a readable safetensors file"]),
     ("pixels_to_image_4_channel_latent", lambda b: pixels_of_empty_latent(),
      ["OneStep Pixels To Image: the samples have shape (1, 4, 4, 4)", "decode it with VAE Decode"]),
-    ("ksampler_empty_latent_on_pack_model", lambda b: ksampler_on_empty_latent(),
-     ["OneStep pack model", "pixels is not a multiple of 4", "trained at 28x28"]),
     # Load Student
     ("load_student_random_bytes",
      lambda b: loader_prompt("OneStepLoadStudent", student_name="random_bytes.safetensors"),
