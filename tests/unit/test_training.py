@@ -170,9 +170,8 @@ def test_a_run_that_stays_non_finite_stops_with_a_clear_error():
     assert all(p.isfinite().all() for p in distiller.generator.parameters())
 
 
-def test_lsg_guidance_placement():
-    """k4 guides the teacher, k2 = k3 the fake in the generator loss, k1 the fake's own training."""
-    calls = {"teacher": [], "fake": []}
+def recording(calls: dict) -> type:
+    """A TinyDenoiser class whose instances append the conditions they are called with to ``calls[role]``."""
 
     class Recording(TinyDenoiser):
         def __init__(self, role):
@@ -182,6 +181,14 @@ def test_lsg_guidance_placement():
         def forward(self, x, sigma, cond=None):
             calls[self.role].append(cond.clone())
             return super().forward(x, sigma, cond)
+
+    return Recording
+
+
+def test_lsg_guidance_placement():
+    """k4 guides the teacher, k2 = k3 the fake in the generator loss, k1 the fake's own training."""
+    calls = {"teacher": [], "fake": []}
+    Recording = recording(calls)
 
     uncond = torch.zeros(1, 2)
     torch.manual_seed(0)
@@ -208,15 +215,7 @@ def test_lsg_drops_prompts_when_k1_or_k2_guides_and_generates_the_image_from_the
     """Official SiD-LSG: prompts dropped to "" in the fake-score step when k1 != 1 or k2 != 1, for the generated
     image and the fake network's training alike (k2 uses the fake's unconditional branch: only drops train it)."""
     calls = {"generator": [], "fake": []}
-
-    class Recording(TinyDenoiser):
-        def __init__(self, role):
-            super().__init__()
-            self.role = role
-
-        def forward(self, x, sigma, cond=None):
-            calls[self.role].append(cond.clone())
-            return super().forward(x, sigma, cond)
+    Recording = recording(calls)
 
     torch.manual_seed(0)
     distiller = Distiller(TinyDenoiser(), config(method="sid-lsg", batch_size=400, k_train_fake=k1, k_eval_fake=k2),
