@@ -27,6 +27,7 @@ import random
 import re
 import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -129,11 +130,18 @@ def write_durable(path: Path, data: bytes) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically: temp file in the same folder, fsync, os.replace, fsync the folder."""
+    """Replace ``path`` atomically, mode 0644: a uniquely named temp file in the same folder (several threads of a
+    server may write at once), fsync, os.replace, fsync the folder; the temp file is removed if anything fails."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write_durable(tmp, data)
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write_durable(Path(tmp), data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 

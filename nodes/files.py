@@ -3,20 +3,18 @@
 Reads come from ``input/``, the model folders, or ``output/`` (run folders); writes go to ``output/`` (with the
 containment rule of ComfyUI's SaveImage, ``folder_paths.get_save_image_path``) or to a model folder. A name given
 in a widget is relative to its folder: absolute paths, ``..``, NUL bytes and over-long names are refused with a
-message naming the node, the value and the fix. Files are written atomically (temporary file, fsync, rename) with
-the permissions SaveImage's files get (0644), without touching the process umask (the server is multi-threaded).
+message naming the node, the value and the fix. Files are written atomically (``distill.checkpoint.atomic_write_bytes``:
+temporary file, fsync, rename) with mode 0644, without touching the process umask (the server is multi-threaded).
 """
 
 import os
 import re
-import tempfile
 from pathlib import Path, PurePosixPath
 
 import folder_paths
 
 NAME_BYTES_MAX = 255  # one path component (ext4 and most file systems)
 PATH_CHARS_MAX = 1024
-FILE_MODE = 0o644  # what SaveImage's PNGs get under the usual umask 022
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -103,23 +101,6 @@ def output_file(node: str, what: str, prefix: str, suffix: str) -> Path:
     while (folder / f"{stem}_{number:05d}{suffix}").exists():
         number += 1
     return folder / f"{stem}_{number:05d}{suffix}"
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically with mode 0644: a temporary file beside it, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fchmod(file.fileno(), FILE_MODE)
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def file_fingerprint(path: str | os.PathLike | None) -> str:

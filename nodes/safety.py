@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
+from ..distill.checkpoint import atomic_write_bytes
 from ..pulid.face_analysis import InsightFaceAnalyzer, YuNetSFaceAnalyzer
 from ..pulid.face_crop import images_to_uint8
 from ..safety.audit import OVERALL, AuditChecks, check_batch, render_table, run_audit
@@ -195,7 +196,7 @@ class OneStepProtectedIdentities(io.ComfyNode):
         except SafetyInputError as error:
             raise node_error(node, error) from None
         if target is not None:
-            files.write_bytes_atomic(target, gallery_bytes(gallery))
+            atomic_write_bytes(target, gallery_bytes(gallery))
         info = f"{len(gallery.names)} protected identities ({gallery.face_model}): {', '.join(gallery.names)}"
         if gallery.skipped:
             info += f"; {len(gallery.skipped)} photo(s) skipped, no face found: {', '.join(gallery.skipped)}"
@@ -538,7 +539,7 @@ class OneStepSafetyAudit(io.ComfyNode):
         if path.exists():  # another run took the number meanwhile
             path = files.output_file(node, "filename_prefix", filename_prefix, ".json")
         text = json.dumps(report, indent=1)
-        files.write_bytes_atomic(path, (text + "\n").encode("utf-8"))
+        atomic_write_bytes(path, (text + "\n").encode("utf-8"))
         table = torch.from_numpy(np.asarray(render_table(report), dtype=np.float32) / 255.0)[None]
         summary = "\n".join([f"safety audit of {len(entries)} prompt(s) ({len(report['blocked'])} blocked)",
                               *audit_rate_lines(report), f"report written to {path}"])

@@ -5,13 +5,13 @@ import stat
 
 import folder_paths
 import pytest
+from onestep.distill.checkpoint import atomic_write_bytes
 from onestep.nodes.files import (
     PathInputError,
     file_fingerprint,
     input_path,
     output_file,
     plain_name,
-    write_bytes_atomic,
 )
 
 
@@ -49,8 +49,8 @@ def test_names_inside_the_folders(input_folder, output_folder):
 def test_writes_are_atomic_and_0644(tmp_path):
     previous = os.umask(0o077)
     try:
-        write_bytes_atomic(tmp_path / "a" / "b.json", b"one")
-        write_bytes_atomic(tmp_path / "a" / "b.json", b"two")
+        atomic_write_bytes(tmp_path / "a" / "b.json", b"one")
+        atomic_write_bytes(tmp_path / "a" / "b.json", b"two")
     finally:
         os.umask(previous)
     target = tmp_path / "a" / "b.json"
