@@ -1,11 +1,26 @@
 """Import the real ComfyUI installed by `make` (in .comfyui/) in-process, on the CPU, and build small models."""
 
+import contextlib
 import os
 import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMFYUI_DIR = Path(os.environ.get("ONESTEP_COMFYUI_DIR") or REPO_ROOT / ".comfyui").expanduser().resolve()
+
+
+@contextlib.contextmanager
+def comfy_folder(kind: str, path):
+    """ComfyUI's ``input`` or ``output`` folder set to ``path`` while the block runs, then restored."""
+    import folder_paths
+
+    get_folder, set_folder = (getattr(folder_paths, f"{verb}_{kind}_directory") for verb in ("get", "set"))
+    previous = get_folder()
+    set_folder(str(path))
+    try:
+        yield path
+    finally:
+        set_folder(previous)
 
 
 def import_comfy(cpu: bool = True) -> None:

@@ -24,23 +24,15 @@ def tiny_sd15():
 @pytest.fixture(autouse=True)
 def output_folder(tmp_path):
     """Every test writes ComfyUI outputs (run folders, jobs) into its own temporary folder."""
-    import folder_paths
-
-    previous = folder_paths.get_output_directory()
-    folder_paths.set_output_directory(str(tmp_path))
-    yield tmp_path
-    folder_paths.set_output_directory(previous)
+    with comfy_host.comfy_folder("output", tmp_path):
+        yield tmp_path
 
 
 @pytest.fixture(autouse=True)
 def input_folder(tmp_path):
     """ComfyUI's input folder is the test's temporary folder: the nodes read files only from inside it."""
-    import folder_paths
-
-    previous = folder_paths.get_input_directory()
-    folder_paths.set_input_directory(str(tmp_path))
-    yield tmp_path
-    folder_paths.set_input_directory(previous)
+    with comfy_host.comfy_folder("input", tmp_path):
+        yield tmp_path
 
 
 @pytest.fixture

@@ -92,9 +92,5 @@ def context_dim(sd15_unet) -> int:
 @pytest.fixture(autouse=True)
 def output_folder(tmp_path):
     """ComfyUI writes run folders into this test's own temporary folder."""
-    import folder_paths
-
-    previous = folder_paths.get_output_directory()
-    folder_paths.set_output_directory(str(tmp_path))
-    yield tmp_path
-    folder_paths.set_output_directory(previous)
+    with comfy_host.comfy_folder("output", tmp_path):
+        yield tmp_path
