@@ -353,6 +353,9 @@ def goals(steps: dict[str, Step], dry: bool) -> list[str]:
     def result(name):
         return steps[name].data.get("result") if name in steps else None
 
+    def no_figure(name):
+        return f"{name} no figure: " + (steps[name].status if name in steps else "not run")
+
     p1, graphs = result("P1"), result("P1-graphs")
     if p1:
         match = "match" if p1["matches_eager"] else "DIFFER FROM"
@@ -378,7 +381,7 @@ def goals(steps: dict[str, Step], dry: bool) -> list[str]:
                      f"{p2['speedup_vs_25step_cfg']:.1f}x faster than 25-step cfg 7.5 ({p2['model']}, "
                      f"{p2['image_size']} px, batch {p2['batch']}): figure only")
     else:
-        lines.append("P2 no figure: " + (steps["P2"].status if "P2" in steps else "not run"))
+        lines.append(no_figure("P2"))
     for name in ("P3", "P3-lora"):
         p3 = result(name)
         if p3:
@@ -386,21 +389,21 @@ def goals(steps: dict[str, Step], dry: bool) -> list[str]:
             lines.append(f"{name} {tag}{p3['s_per_it']:.3f} s/it, {p3['peak_gb']:.1f} GiB peak ({p3['setting']}) vs "
                          f"<= 0.6 s/it and <= 30 GB: {verdict(met, dry)}")
         else:
-            lines.append(f"{name} no figure: " + (steps[name].status if name in steps else "not run"))
+            lines.append(no_figure(name))
     p4 = result("P4")
     if p4 and "sid_fd_1nfe" in p4:
         lines.append(f"P4 {tag}SiD student {p4['sid_fd_1nfe']:.2f} (1 NFE, {p4['minutes']:g} min at batch "
                      f"{p4['batch']}) vs teacher {p4['teacher_fd_35nfe']:.2f} (35 NFE) FD-FMNIST: "
                      f"{verdict(p4['sid_fd_1nfe'] <= p4['teacher_fd_35nfe'], dry)}")
     else:
-        lines.append("P4 no figure: " + (steps["P4"].status if "P4" in steps else "not run"))
+        lines.append(no_figure("P4"))
     p5 = result("P5")
     if p5:
         lines.append(f"P5 {tag}PuLID per-step overhead {p5['overhead_ratio']:.3f} ({p5['model']}, {p5['size']} px, "
                      f"{p5['plain_step_ms']:.0f} -> {p5['pulid_step_ms']:.0f} ms/step) vs <= 1.10: "
                      f"{verdict(p5['overhead_ratio'] <= 1.10, dry)}")
     else:
-        lines.append("P5 no figure: " + (steps["P5"].status if "P5" in steps else "not run"))
+        lines.append(no_figure("P5"))
     return lines
 
 
