@@ -10,18 +10,14 @@ COMFYUI_DIR with the pack in its custom_nodes does not list every node of the pa
 
 import importlib
 import importlib.metadata
-import json
 import re
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-STARTUP_TIMEOUT_S = 240
+sys.path.insert(0, str(REPO_ROOT / "tools"))
+from comfy_server import ComfyServer  # noqa: E402  (the tool beside this one)
 
 
 def installed(distribution: str) -> str | None:
@@ -42,26 +38,11 @@ def listed_nodes(comfyui_dir: Path) -> set[str]:
         (Path(base) / "custom_nodes").mkdir()
         (Path(base) / "user").mkdir()
         (Path(base) / "custom_nodes" / "comfyui-onestep").symlink_to(REPO_ROOT, target_is_directory=True)
-        with socket.socket() as probe:  # tools/comfy_server.py needs websocket-client, not installed yet here
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        log_path = Path(base) / "server.log"
-        with open(log_path, "w") as log:
-            server = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port",
-                                       str(port), "--base-directory", base, "--disable-auto-launch"],
-                                      cwd=comfyui_dir, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                deadline = time.monotonic() + STARTUP_TIMEOUT_S
-                while time.monotonic() < deadline and server.poll() is None:
-                    try:
-                        with urllib.request.urlopen(f"http://127.0.0.1:{port}/object_info", timeout=30) as answer:
-                            return set(json.load(answer))
-                    except OSError:
-                        time.sleep(0.5)
-                raise SystemExit(f"the server did not answer; its log:\n{log_path.read_text()[-4000:]}")
-            finally:
-                server.terminate()
-                server.wait(timeout=30)
+        server = ComfyServer(comfyui_dir.resolve(), Path(base), Path(base) / "server.log").start()
+        try:
+            return set(server.get_json("/object_info"))
+        finally:
+            server.stop()
 
 
 def main(argv: list[str]) -> int:

@@ -11,8 +11,6 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import websocket
-
 STARTUP_TIMEOUT_S = 240
 
 
@@ -82,6 +80,8 @@ class ComfyServer:
 
     def run_prompt(self, prompt: dict, timeout_s: float = 600) -> dict:
         """Queue a prompt, follow the websocket to its end; returns {'status', 'response', 'messages', 'error'}."""
+        import websocket  # websocket-client: a test tool, not needed to start and query a server
+
         client_id = uuid.uuid4().hex
         ws = websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={client_id}", timeout=timeout_s)
         try:
