@@ -1,9 +1,9 @@
 """Noise levels at which the fake score is trained and the generator is scored.
 
-EDM view: the fake score sees sigma ~ exp(N(-1.2, 1.2)) (EDM's training distribution); the generator
-loss sees the lower part of the Karras rho=7 sampling schedule, u ~ U(0, tmax/1000) mapped to
+EDM view: the fake score sees sigma ~ exp(N(-1.2, 1.2)) (EDM's training distribution) times sigma_data / 0.5; the
+generator loss sees the lower part of the Karras rho=7 sampling schedule, u ~ U(0, tmax/1000) mapped to
 sigma(1 - u), which for tmax = 800 spans 0.002 .. 24.4 (the SiD reference implementation's choice).
-DDPM view (Stable Diffusion): integer timesteps t ~ U{20..980} for both steps (SiD-LSG).
+DDPM view: integer timesteps t ~ U{20..980} for both steps (SiD-LSG), on the teacher's own alpha-bar table.
 All draws take an explicit ``torch.Generator`` so that a resumed run repeats the same noise.
 """
 
@@ -29,13 +29,24 @@ def _draw_device(generator: torch.Generator | None, device: torch.device) -> tor
     return generator.device if generator is not None else device
 
 
+EDM_SIGMA_DATA = 0.5
+"""The data scale EDM's training law N(-1.2, 1.2^2) was tuned for (Karras et al. 2022, Table 1)."""
+
+
 def edm_training_sigmas(
-    n: int, p_mean: float = -1.2, p_std: float = 1.2, generator: torch.Generator | None = None, device=None
+    n: int,
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
+    generator: torch.Generator | None = None,
+    device=None,
+    sigma_data: float = EDM_SIGMA_DATA,
 ) -> Tensor:
-    """EDM training noise levels, ln(sigma) ~ N(P_mean, P_std^2) (Karras et al. 2022, Table 1)."""
+    """EDM training noise levels, ln(sigma / s) ~ N(P_mean, P_std^2) with s = sigma_data / 0.5 (Karras et al. 2022,
+    Table 1, where sigma_data = 0.5 and s = 1; the law scales with the data so that it sees the same noise-to-signal
+    ratios at any sigma_data)."""
     dev = _device(generator, device)
     normal = torch.randn(n, generator=generator, device=_draw_device(generator, dev))
-    return (normal * p_std + p_mean).exp().to(dev)
+    return ((normal * p_std + p_mean).exp() * (sigma_data / EDM_SIGMA_DATA)).to(dev)
 
 
 def karras_sigma(ramp: Tensor, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:
@@ -83,6 +94,7 @@ class NoiseLevels:
     """The two noise-level draws of one distillation run, in either view ("edm" or "ddpm")."""
 
     view: str = "edm"
+    sigma_data: float = EDM_SIGMA_DATA
     p_mean: float = -1.2
     p_std: float = 1.2
     tmax: float = 800
@@ -107,7 +119,7 @@ class NoiseLevels:
         """Noise levels for the fake-score step."""
         if self.view == "ddpm":
             return self._ddpm_sigmas(n, generator, _device(generator, device))
-        return edm_training_sigmas(n, self.p_mean, self.p_std, generator, device)
+        return edm_training_sigmas(n, self.p_mean, self.p_std, generator, device, self.sigma_data)
 
     def generator_sigmas(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
         """Noise levels for the generator step."""

@@ -76,14 +76,31 @@ def scaled_linear_alphas_cumprod(num_steps: int = 1000, beta_start: float = 0.00
     return torch.cumprod(1 - betas, dim=0)
 
 
+def linear_alphas_cumprod(num_steps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02) -> Tensor:
+    """DDPM's "linear" table (Ho et al. 2020; PixArt-alpha's): betas = linspace(b0, b1, T), abar = cumprod(1 - beta)."""
+    betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+    return torch.cumprod(1 - betas, dim=0)
+
+
+DDPM_TABLES = {"sd": scaled_linear_alphas_cumprod, "pixart": linear_alphas_cumprod}
+"""The DDPM alpha-bar tables a teacher may have: SD1.x/2.x/SDXL ("scaled_linear") and PixArt-alpha ("linear")."""
+
+
 class DiscreteSchedule:
     """A discrete VP schedule seen in VE terms: ``sigma_t = sqrt((1 - abar_t) / abar_t)``."""
 
     def __init__(self, alphas_cumprod: Tensor | None = None):
+        """``alphas_cumprod``: the table, or None for Stable Diffusion's (``DiscreteSchedule.named``: by name)."""
         abar = scaled_linear_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod.double()
         self.alphas_cumprod = abar
         self.sigmas = ((1 - abar) / abar).sqrt()
         self.log_sigmas = self.sigmas.log()
+
+    @classmethod
+    def named(cls, table: str) -> DiscreteSchedule:
+        if table not in DDPM_TABLES:
+            raise ValueError(f"ddpm_table must be one of {tuple(DDPM_TABLES)}, got {table!r}")
+        return cls(DDPM_TABLES[table]())
 
     @property
     def num_steps(self) -> int:

@@ -42,7 +42,8 @@ from .losses import (
 )
 from .memory import adam, checkpoint_blocks
 from .noise_levels import NoiseLevels
-from .parametrization import Denoiser, append_dims, one_step_generate
+from .parametrization import Denoiser, DiscreteSchedule, append_dims, one_step_generate
+from .recipes import METHOD_VIEWS, RECIPES, Recipe, recipe_for
 from .sharding import (
     full_optimizer_state,
     full_state_dict,
@@ -60,29 +61,37 @@ SIM_WEIGHTINGS: dict[str, Callable[[Tensor], Tensor]] = {
 
 
 class DivergenceError(RuntimeError):
-    """The run produced nothing finite for too many steps in a row."""
+    """For too many steps in a row the run produced nothing finite, or generator samples out of the data's range."""
+
+
+def _rms_per_sample(x: Tensor) -> Tensor:
+    return x.detach().float().flatten(1).square().mean(dim=1).sqrt()
 
 
 @dataclass
 class DistillConfig:
-    """Everything that defines a distillation run (defaults: SiD on an EDM-style teacher)."""
+    """Everything that defines a distillation run; a setting left None takes the official recipe's value for the
+    method's view (``DistillConfig(method="sid-lsg")`` is SiD-LSG's SD1.5 run: DDPM view, t = 625, alpha 1, lr 1e-6,
+    EMA half-life 50 kimg)."""
 
     method: str = "sid"
     teacher_id: str = ""  # names the teacher's weights (file, hash); a resume with another teacher is refused
     steps: int = 1000
     batch_size: int = 8
     sample_shape: tuple = (3, 32, 32)
-    lr_generator: float = 1e-5
-    lr_fake_score: float = 1e-5
+    # None: the recipe's value for the method's view and the DDPM table (distill/recipes.py)
+    lr_generator: float | None = None
+    lr_fake_score: float | None = None
     adam_betas: tuple = (0.0, 0.999)
     adam_eps: float = 1e-8
-    init_sigma: float = 2.5
-    alpha: float = 1.2
-    # noise levels: "edm" (sigma draws) or "ddpm" (integer timesteps on the SD schedule)
-    view: str = "edm"
+    init_sigma: float | None = None
+    alpha: float | None = None
+    # noise levels: "edm" (sigma draws) or "ddpm" (integer timesteps on ``ddpm_table``); None: the method's
+    view: str | None = None
+    ddpm_table: str = "sd"  # "sd" (SD1.x/2.x/SDXL) | "pixart" (PixArt-alpha)
     fake_score_loss: str = "auto"  # "edm" (x0, EDM weight) | "eps" (epsilon MSE) | "auto": by view
     sigma_data: float = 0.5
-    p_mean: float = -1.2
+    p_mean: float = -1.2  # the fake score's ln(sigma) law at sigma_data 0.5; it scales with sigma_data
     p_std: float = 1.2
     tmax: float = 800
     sigma_min: float = 0.002
@@ -98,12 +107,13 @@ class DistillConfig:
     # SIM
     sim_c: float = 1e-3
     sim_weighting: str = "sigma2"
-    # EMA: half-life in thousands of images (EDM) or a fixed beta
-    ema_halflife_kimg: float | None = 0.5
+    # EMA: half-life in thousands of images (EDM; None: the recipe's) or a fixed beta
+    ema_halflife_kimg: float | None = None
     ema_rampup_ratio: float | None = 0.05
     ema_beta: float | None = None
     seed: int = 0
-    max_nonfinite_steps: int = 5
+    max_nonfinite_steps: int = 5  # bad steps in a row (no finite sample, or samples out of range) before stopping
+    max_sample_rms: float | None = None  # a generator sample with a larger RMS is out of range; None: 20 sigma_data
     checkpoint_every: int = 0
     keep_checkpoints: int | None = 3
     preview_every: int = 0
@@ -122,6 +132,7 @@ class DistillConfig:
         "preview_every",
         "preview_count",
         "max_nonfinite_steps",
+        "max_sample_rms",
         "gradient_checkpointing",
     )
 
@@ -137,7 +148,29 @@ class DistillConfig:
         if self.grad_accumulation < 1 or self.lora_rank < 0:
             raise ValueError(f"grad_accumulation must be >= 1 and lora_rank >= 0, got {self.grad_accumulation} and "
                              f"{self.lora_rank}")
+        self._apply_recipe()
+        if self.ema_halflife_kimg is not None and not self.ema_halflife_kimg > 0:
+            raise ValueError(f"ema_halflife_kimg must be above 0 (thousands of images), got {self.ema_halflife_kimg}; "
+                             f"the official runs use {RECIPES['edm'].ema_halflife_kimg:g} (SiD, CIFAR-10) and "
+                             f"{RECIPES['sd'].ema_halflife_kimg:g} (SiD-LSG, SD1.5), or set ema_beta for a fixed decay")
+        if self.max_sample_rms is None:
+            self.max_sample_rms = 20 * self.sigma_data
         self.noise_levels()  # validates the view
+
+    def _apply_recipe(self) -> None:
+        """Fill every setting left None from the official recipe of the method's view (distill/recipes.py)."""
+        if self.view is None:
+            self.view = METHOD_VIEWS[self.method]
+        recipe = recipe_for(self.view, self.ddpm_table)
+        for name, value in (("lr_generator", recipe.lr), ("lr_fake_score", recipe.lr), ("alpha", recipe.alpha),
+                            ("init_sigma", recipe.init_sigma())):
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.ema_halflife_kimg is None and self.ema_beta is None:
+            self.ema_halflife_kimg = recipe.ema_halflife_kimg
+
+    def recipe(self) -> Recipe:
+        return recipe_for(self.view, self.ddpm_table)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -154,6 +187,7 @@ class DistillConfig:
     def noise_levels(self) -> NoiseLevels:
         return NoiseLevels(
             view=self.view,
+            sigma_data=self.sigma_data,
             p_mean=self.p_mean,
             p_std=self.p_std,
             tmax=self.tmax,
@@ -162,6 +196,7 @@ class DistillConfig:
             rho=self.rho,
             t_min=self.t_min,
             t_max=self.t_max,
+            schedule=DiscreteSchedule.named(self.ddpm_table) if self.view == "ddpm" else None,
         )
 
     def lsg_scales(self) -> LSGScales:
@@ -317,7 +352,8 @@ class Distiller:
         self.step = 0
         self.cur_nimg = 0
         self.dropped_samples = 0
-        self.nonfinite_streak = 0
+        self.nonfinite_streak = 0  # bad steps in a row: no finite sample, or most samples out of range
+        self.out_of_range = 0  # samples of this step's generator batch with an RMS above max_sample_rms
 
     # --- sampling ----------------------------------------------------------------------------
 
@@ -406,11 +442,12 @@ class Distiller:
         self.fake_score.eval()
         _set_requires_grad(self.fake_score_parameters, False)
         self.opt_generator.zero_grad(set_to_none=True)
-        total, kept = 0.0, 0
+        total, kept, out_of_range = 0.0, 0, 0
         micro_batches = self._micro_batches(cond, z, sigma, noise)
         for last, (cond, z, sigma, noise) in micro_batches:
             with _gradient_sync(self.trained_generator, last):
                 x_g = self._generate(self.trained_generator, z, cond)
+                out_of_range += int((_rms_per_sample(x_g) > self.config.max_sample_rms).sum())
                 sigma_b = append_dims(sigma, x_g.ndim)
                 x_t = x_g + sigma_b * noise
                 y_real = guided_denoise(self.teacher, x_t, sigma_b, cond, self.uncond, self.lsg.eval_real)
@@ -423,6 +460,7 @@ class Distiller:
             total += loss.item()
             kept += int(finite.sum())
         kept = self._all_ranks_sum(kept)
+        self.out_of_range = self._all_ranks_sum(out_of_range)
         self._step(self.generator, self.opt_generator, kept)
         self.ema.update(self.generator, draws, self.cur_nimg)
         return self._mean_over_ranks(total) if kept else math.nan, kept
@@ -475,14 +513,24 @@ class Distiller:
         self.cur_nimg += batch
         dropped = 2 * batch - fake_kept - generator_kept
         self.dropped_samples += dropped
-        self.nonfinite_streak = self.nonfinite_streak + 1 if min(fake_kept, generator_kept) == 0 else 0
+        nothing_finite = min(fake_kept, generator_kept) == 0
+        mostly_out_of_range = 2 * self.out_of_range > batch
+        self.nonfinite_streak = self.nonfinite_streak + 1 if nothing_finite or mostly_out_of_range else 0
         if self.nonfinite_streak >= self.config.max_nonfinite_steps:
+            if mostly_out_of_range:
+                raise DivergenceError(
+                    f"distillation diverged: {self.nonfinite_streak} steps in a row (up to step {self.step}) most "
+                    f"generator samples left the data's range (RMS above max_sample_rms = "
+                    f"{self.config.max_sample_rms:g}; {self.out_of_range} of {batch} in the last step), although "
+                    f"finite; lower the learning rates (or alpha) or resume from an earlier checkpoint"
+                )
             raise DivergenceError(
                 f"distillation diverged: {self.nonfinite_streak} steps in a row (up to step {self.step}) had no finite "
                 f"sample ({self.dropped_samples} non-finite samples dropped so far); lower the learning rates or "
                 f"resume from an earlier checkpoint"
             )
-        return {"fake_score": fake_loss, "generator": generator_loss, "dropped": dropped}
+        return {"fake_score": fake_loss, "generator": generator_loss, "dropped": dropped,
+                "out_of_range": self.out_of_range}
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -507,8 +555,8 @@ class Distiller:
                 on_progress(self.step, cfg.steps, losses)
             if on_preview is not None and cfg.preview_every and self.step % cfg.preview_every == 0:
                 on_preview(self.step, self.preview())
-            # no periodic checkpoint inside a run of non-finite steps: if the run diverges (DivergenceError), the
-            # folder's latest checkpoint is the last good one
+            # no periodic checkpoint inside a run of bad steps: if the run diverges (DivergenceError), the folder's
+            # latest checkpoint is the last good one
             if (run_dir is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
                     and self.nonfinite_streak == 0):
                 self.save(run_dir)

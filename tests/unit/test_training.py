@@ -87,7 +87,7 @@ def test_callbacks_and_should_stop(tmp_path):
         should_stop=lambda: len(progress) >= 7,
     )
     assert len(history) == 7 and distiller.step == 7
-    assert progress[0] == (1, 10, ["dropped", "fake_score", "generator"]) and progress[-1][0] == 7
+    assert progress[0] == (1, 10, ["dropped", "fake_score", "generator", "out_of_range"]) and progress[-1][0] == 7
     assert previews == [(2, (3, *SHAPE)), (4, (3, *SHAPE)), (6, (3, *SHAPE))]
     assert checkpoints == [4, 7]  # every 4 steps, and where it stopped
     assert latest_checkpoint(tmp_path).name == "step_000007"
@@ -168,6 +168,37 @@ def test_a_run_that_stays_non_finite_stops_with_a_clear_error():
     with pytest.raises(DivergenceError, match=r"3 steps in a row \(up to step 3\).*\(24 non-finite samples"):
         distiller.train()
     assert all(p.isfinite().all() for p in distiller.generator.parameters())
+
+
+EIGHT_MODES = torch.stack([2 * torch.tensor([math.cos(k * math.pi / 4), math.sin(k * math.pi / 4)]) for k in range(8)])
+MODE_VARIANCE = 0.05**2
+
+
+def eight_gaussians_denoiser(x, sigma, cond=None):
+    """The exact denoiser of an even mixture of 8 Gaussians (std 0.05) on a circle of radius 2."""
+    variance = MODE_VARIANCE + sigma.reshape(-1, 1) ** 2
+    weights = (-((x[:, None, :] - EIGHT_MODES) ** 2).sum(-1) / (2 * variance)).softmax(dim=1)
+    per_mode = EIGHT_MODES + (MODE_VARIANCE / variance)[:, :, None] * (x[:, None, :] - EIGHT_MODES)
+    return (weights[..., None] * per_mode).sum(dim=1)
+
+
+def test_a_run_whose_finite_samples_leave_the_data_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    """SiD at alpha 1.2 and a too-large lr drifts away from the 8 modes with every value finite (mean squared
+    distance to the nearest mode 3e2 after 5 steps, 4e5 after 55, measured): a bad step, like a non-finite one."""
+    from test_convergence import MLPDenoiser
+
+    torch.manual_seed(0)
+    cfg = DistillConfig(method="sid", steps=200, batch_size=128, sample_shape=(2,), lr_generator=3e-2,
+                        lr_fake_score=9e-2, alpha=1.2, sigma_data=1.0, ema_halflife_kimg=None, ema_beta=0.99,
+                        checkpoint_every=2)
+    assert cfg.max_sample_rms == 20  # 20 sigma_data; the modes have RMS 2
+    distiller = Distiller(eight_gaussians_denoiser, cfg, generator=MLPDenoiser(), fake_score=MLPDenoiser())
+    with pytest.raises(DivergenceError, match=r"5 steps in a row \(up to step (\d+)\) most generator samples left "
+                                              r"the data's range \(RMS above max_sample_rms = 20; \d+ of 128"):
+        distiller.train(run_dir=tmp_path)
+    assert distiller.step < 30
+    kept = json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())
+    assert kept["step"] <= distiller.step - 5 and kept["extra"]["nonfinite_streak"] == 0
 
 
 def recording(calls: dict) -> type:
