@@ -33,7 +33,7 @@ from ..distill.job import write_job
 from ..distill.lora import adapter_parameter_count, has_lora, merged_copy
 from ..distill.memory import training_memory_bytes
 from ..distill.networks import EDMDenoiser
-from ..distill.one_step import SIGMA_INIT_EDM, TIMESTEP_INIT_SID_LSG
+from ..distill.parametrization import DiscreteSchedule
 from ..distill.student_file import StudentInfo
 from ..distill.training import METHODS, DistillConfig, Distiller, DivergenceError
 from ..safety.errors import SafetyInputError
@@ -104,6 +104,13 @@ class ComfyDenoiser(torch.nn.Module):
         base_model_copy(self.base_model, memo)
         vars(copied).update(copy.deepcopy(vars(self), memo))
         return copied
+
+    def train(self, mode: bool = True):
+        """The host network stays in eval mode: its train-mode behaviour is pre-training's (PixArt drops captions,
+        on CUDA only), while SiD-LSG drops prompts itself; gradients flow either way."""
+        super().train(mode)
+        self.base_model.eval()
+        return self
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | dict | None) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype).reshape(-1).expand(x.shape[0])
@@ -188,8 +195,37 @@ def teacher_fingerprint(base_model: torch.nn.Module) -> str:
     return f"{type(base_model).__name__}:{sum(p.numel() for p in parameters)}:{digest.hexdigest()[:16]}"
 
 
-def check_teacher(teacher, prompts: PromptSet) -> tuple[str, float, str, PromptSet]:
-    """The noise view, the generator's sigma, the student's preset and the prompts completed for this teacher."""
+@dataclass(frozen=True)
+class TeacherNoise:
+    """How the trainer sees a teacher's noise levels, and the preset its students sample with."""
+
+    view: str  # "edm" | "ddpm"
+    ddpm_table: str  # the DDPM alpha-bar table ("sd" | "pixart"); "sd" for EDM teachers (unused there)
+    sigma_data: float | None  # an EDM teacher's data scale
+    preset: str
+
+
+def teacher_noise(teacher, schedule) -> TeacherNoise:
+    """The view and table of the teacher's own schedule; a DDPM table the recipes do not know is refused."""
+    if schedule.is_edm:
+        return TeacherNoise("edm", "sd", float(schedule.model_sampling.sigma_data), "edm")
+    if not schedule.is_ddpm:
+        raise TrainerInputError(f"{NODE}: cannot distill a {type(teacher.model).__name__} with "
+                                f"{type(schedule.model_sampling).__name__}; supported: EDM and DDPM (eps / v) "
+                                "teachers.")
+    table = "pixart" if schedule.is_pixart else "sd"
+    own = schedule.model_sampling.sigmas.double().cpu()
+    expected = DiscreteSchedule.named(table).sigmas
+    if own.shape != expected.shape or not torch.allclose(own, expected, rtol=1e-4):
+        raise TrainerInputError(f"{NODE}: this {type(teacher.model).__name__} teacher has a DDPM table "
+                                f"({own.shape[0]} steps, sigma {float(own[-1]):.4g} at the last one) that is not the "
+                                f"{table} table the {table} recipe is for; supported: SD1.x/2.x/SDXL and PixArt-alpha "
+                                "schedules.")
+    return TeacherNoise("ddpm", table, None, "sim-pixart" if table == "pixart" else "sid-lsg")
+
+
+def check_teacher(teacher, prompts: PromptSet) -> tuple[TeacherNoise, PromptSet]:
+    """How the trainer sees the teacher's noise levels, and the prompts completed for this teacher."""
     schedule = schedule_of(teacher)
     is_pack_model = isinstance(teacher.model, PackEDMModel)
     if prompts.kind == "labels":
@@ -210,12 +246,7 @@ def check_teacher(teacher, prompts: PromptSet) -> tuple[str, float, str, PromptS
         if context_dim is not None and prompts.conds.shape[-1] != context_dim:
             raise TrainerInputError(f"{NODE}: the prompts were encoded to {prompts.conds.shape[-1]}-d embeddings but "
                                     f"the teacher expects {context_dim}-d; encode them with this teacher's CLIP.")
-    if schedule.is_edm:
-        return "edm", SIGMA_INIT_EDM, "edm", prompts
-    if schedule.is_ddpm:
-        return "ddpm", schedule.sigma_at(TIMESTEP_INIT_SID_LSG), "sid-lsg", prompts
-    raise TrainerInputError(f"{NODE}: cannot distill a {type(teacher.model).__name__} with "
-                            f"{type(schedule.model_sampling).__name__}; supported: EDM and DDPM (eps / v) teachers.")
+    return teacher_noise(teacher, schedule), prompts
 
 
 def student_patcher(teacher, generator: torch.nn.Module, info: StudentInfo):
@@ -240,7 +271,8 @@ class OneStepDistillConfig(io.ComfyNode):
             node_id="OneStepDistillConfig",
             display_name="OneStep Distill Config",
             category="OneStep/training",
-            description="Settings of a SiD / SiD-LSG / SIM distillation run (paper defaults where they exist).",
+            description="Settings of a SiD / SiD-LSG / SIM distillation run. A 0 in lr_generator, lr_fake_score, alpha "
+                        "or ema_halflife_kimg takes the official recipe's value for the teacher (README, 'Recipes').",
             inputs=[
                 io.Combo.Input("method", options=list(METHODS), default="sid",
                                tooltip="sid: Score identity Distillation. sid-lsg: SiD with long-short guidance "
@@ -248,12 +280,15 @@ class OneStepDistillConfig(io.ComfyNode):
                 io.Int.Input("iterations", default=400, min=1, max=10_000_000,
                              tooltip="Iterations, each one fake-score step and one generator step."),
                 io.Int.Input("batch_size", default=32, min=1, max=4096, tooltip="Samples per step."),
-                io.Float.Input("lr_generator", default=1e-5, min=0.0, max=1.0, step=1e-6, round=False,
-                               tooltip="Adam learning rate of the generator (SiD: 1e-5 CIFAR-10, 1e-6 SD)."),
-                io.Float.Input("lr_fake_score", default=1e-5, min=0.0, max=1.0, step=1e-6, round=False,
-                               tooltip="Adam learning rate of the fake score network."),
-                io.Float.Input("alpha", default=1.2, min=-10.0, max=10.0, step=0.05,
-                               tooltip="SiD's alpha (1.2 for EDM teachers, 1.0 for SD)."),
+                io.Float.Input("lr_generator", default=0.0, min=0.0, max=1.0, step=1e-6, round=False,
+                               tooltip="Adam learning rate of the generator. 0: the official recipe's (1e-5 for EDM "
+                                       "teachers as SiD on CIFAR-10, 1e-6 for SD and PixArt teachers as SiD-LSG)."),
+                io.Float.Input("lr_fake_score", default=0.0, min=0.0, max=1.0, step=1e-6, round=False,
+                               tooltip="Adam learning rate of the fake score network. 0: the official recipe's "
+                                       "(as lr_generator)."),
+                io.Float.Input("alpha", default=0.0, min=0.0, max=10.0, step=0.05,
+                               tooltip="SiD's alpha. 0: the official recipe's (1.2 for EDM teachers, 1.0 for SD, as "
+                                       "SiD-LSG). SIM does not use it."),
                 io.Float.Input("k1_train_fake", default=1.0, min=0.0, max=20.0, step=0.1,
                                tooltip="SiD-LSG: guidance of the fake network in its own training (cfg_train_fake)."),
                 io.Float.Input("k2_k3_eval_fake", default=1.0, min=0.0, max=20.0, step=0.1,
@@ -265,9 +300,13 @@ class OneStepDistillConfig(io.ComfyNode):
                 io.Int.Input("width", default=28, min=8, max=4096, step=4, tooltip="Training image width in pixels."),
                 io.Int.Input("height", default=28, min=8, max=4096, step=4, tooltip="Training image height in pixels."),
                 io.Combo.Input("precision", options=["fp32", "bf16"], default="fp32",
-                               tooltip="bf16 runs the networks under autocast (weights and Adam stay fp32)."),
-                io.Float.Input("ema_halflife_kimg", default=0.5, min=0.0, max=10_000.0, step=0.1,
-                               tooltip="Half-life of the generator's EMA, in thousands of images."),
+                               tooltip="bf16 runs the networks under autocast; weights and Adam's state stay fp32 (the "
+                                       "pack's choice: the official fp16 mode trains fp16 weights with gradient "
+                                       "clipping)."),
+                io.Float.Input("ema_halflife_kimg", default=0.0, min=0.0, max=1_000_000.0, step=0.1,
+                               tooltip="Half-life of the generator's EMA, in thousands of images, never more than 5% "
+                                       "of the images seen so far (EDM's ramp-up). 0: the official recipe's (500 for "
+                                       "EDM teachers as SiD on CIFAR-10, 50 for SD as SiD-LSG)."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
                              tooltip="Seed of the whole run (noise, prompts)."),
                 io.Int.Input("checkpoint_every", default=100, min=0, max=1_000_000,
@@ -386,14 +425,21 @@ def encode(clip, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     return clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
 
 
-def distill_config(settings: dict, view: str, init_sigma: float, sample_shape: tuple, teacher_id: str):
+def recipe_value(settings: dict, name: str) -> float | None:
+    """A config node value, or None (the official recipe's) where the node says 0."""
+    return settings[name] or None
+
+
+def distill_config(settings: dict, noise: TeacherNoise, sample_shape: tuple, teacher_id: str):
+    sigma_data = {} if noise.sigma_data is None else {"sigma_data": noise.sigma_data}
     return DistillConfig(
         method=settings["method"], teacher_id=teacher_id, steps=settings["iterations"],
-        batch_size=settings["batch_size"], sample_shape=sample_shape, lr_generator=settings["lr_generator"],
-        lr_fake_score=settings["lr_fake_score"], init_sigma=init_sigma, alpha=settings["alpha"], view=view,
+        batch_size=settings["batch_size"], sample_shape=sample_shape,
+        lr_generator=recipe_value(settings, "lr_generator"), lr_fake_score=recipe_value(settings, "lr_fake_score"),
+        alpha=recipe_value(settings, "alpha"), view=noise.view, ddpm_table=noise.ddpm_table, **sigma_data,
         k_train_fake=settings["k1_train_fake"], k_eval_fake=settings["k2_k3_eval_fake"],
         k_eval_real=settings["k4_eval_real"], sim_c=settings["sim_c"],
-        ema_halflife_kimg=settings["ema_halflife_kimg"], seed=settings["seed"],
+        ema_halflife_kimg=recipe_value(settings, "ema_halflife_kimg"), seed=settings["seed"],
         checkpoint_every=settings["checkpoint_every"], preview_every=settings["preview_every"],
         grad_accumulation=settings.get("grad_accumulation", 1),
         gradient_checkpointing=settings.get("gradient_checkpointing", False),
@@ -444,8 +490,7 @@ class OneStepDistillTrainer(io.ComfyNode):
             reserve_training_memory(teacher, settings)
             distiller, start, history = train_in_graph(teacher, prompts, settings, config, run_dir, resume,
                                                        latent_format)
-        info = StudentInfo(preset=preset, sigma=settings.init_sigma,
-                           timestep=TIMESTEP_INIT_SID_LSG if settings.view == "ddpm" else None,
+        info = StudentInfo(preset=preset, sigma=settings.init_sigma, timestep=settings.recipe().init_timestep,
                            method=settings.method, teacher=settings.teacher_id, steps=distiller.step)
         report = run_report(distiller, start, history, run_dir)
         student = student_patcher(teacher, distiller.ema.module, info)
@@ -533,7 +578,7 @@ class locked_run_folder:
 def run_settings(teacher, prompts: PromptSet, config: dict) -> tuple[DistillConfig, str, PromptSet]:
     """The DistillConfig of a run (from the config node and the teacher), the student's preset, the prompts."""
     check_config(config)
-    view, init_sigma, preset, prompts = check_teacher(teacher, prompts)
+    noise, prompts = check_teacher(teacher, prompts)
     if getattr(teacher.model, "adm_channels", 0):
         prompts = sdxl_conditions(teacher.model, prompts, config["width"], config["height"])
     prompts = PromptSet(ordinary_tensors(prompts.conds), ordinary_tensors(prompts.uncond), prompts.kind)
@@ -542,7 +587,11 @@ def run_settings(teacher, prompts: PromptSet, config: dict) -> tuple[DistillConf
     sample_shape = (latent_format.latent_channels, config["height"] // downscale, config["width"] // downscale)
     if isinstance(teacher.model, PackEDMModel):
         check_pixel_shape(NODE, teacher.model.diffusion_model.denoiser, (1, *sample_shape))
-    return distill_config(config, view, init_sigma, sample_shape, teacher_fingerprint(teacher.model)), preset, prompts
+    try:
+        settings = distill_config(config, noise, sample_shape, teacher_fingerprint(teacher.model))
+    except ValueError as error:
+        raise TrainerInputError(f"{NODE}: {error}") from None
+    return settings, noise.preset, prompts
 
 
 def check_config(config: dict) -> None:
