@@ -152,6 +152,15 @@ class SdxlFace:
         return per_sample(tokens, tokens, options, q.shape[0], NODE)
 
 
+def text_attention(q, k, v, extra_options: dict) -> torch.Tensor:
+    """The layer's own text attention as ComfyUI's ``CrossAttention.forward`` calls it, with the layer's
+    transformer_options, so that an ``optimized_attention_override`` set by another node still applies. An attn2
+    replacement gets every transformer_options entry except the patch dicts in ``extra_options``."""
+    return comfy.ldm.modules.attention.optimized_attention(
+        q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+        transformer_options=extra_options)
+
+
 class PulidAttention:
     """The ``attn2`` replacement of one SDXL cross-attention slot: text attention plus every face's ID term."""
 
@@ -163,11 +172,8 @@ class PulidAttention:
 
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
-        if self.previous is not None:
-            h = self.previous(q, k, v, extra_options)
-        else:
-            h = comfy.ldm.modules.attention.optimized_attention(
-                q, k, v, heads, attn_precision=extra_options.get("attn_precision"))
+        text = self.previous if self.previous is not None else text_attention
+        h = text(q, k, v, extra_options)
         faces = [face for face in self.faces if face.window.active(extra_options["sigmas"])]
         if not faces:
             return h

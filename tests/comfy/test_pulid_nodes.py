@@ -150,6 +150,27 @@ def test_cfg_chunks_get_their_own_id_tokens(tiny_sdxl, sdxl_pulid):
     assert not torch.allclose(uncond, cond, atol=1e-3)
 
 
+def test_an_attention_override_runs_in_every_patched_cross_attention(tiny_sdxl, sdxl_pulid):
+    """ComfyUI's ``optimized_attention_override`` (transformer_options) is called for the text attention of all
+    70 layers PuLID patches, as it is for an unpatched cross-attention."""
+    called = set()
+
+    def override(attention, q, k, v, heads, *args, **kwargs):
+        options = kwargs["transformer_options"]
+        if k.shape[1] == 5:  # the 5 text tokens: a cross-attention (self-attentions see the image tokens)
+            called.add((*options["block"], options["block_index"]))
+        return attention(q, k, v, heads, *args, **kwargs)
+
+    model = tiny_sdxl.clone()
+    model.model_options["transformer_options"]["optimized_attention_override"] = override
+    sample(model, sdxl_conditioning(), steps=1)
+    slots = {(block, block_id, index) for block, block_id, index, _ in SDXL_CROSS_ATTENTION_SLOTS}
+    assert called == slots  # unpatched: the host calls the override in every cross-attention
+    called.clear()
+    sample(apply(model, sdxl_pulid, embedding()), sdxl_conditioning(), steps=1)
+    assert len(slots) == 70 and called == slots
+
+
 def test_masks_per_sample_and_two_faces(tiny_sdxl, sdxl_pulid):
     left = torch.zeros(2, 64, 64)
     left[0, :, :32] = 1  # sample 0: the left half; sample 1: nowhere
