@@ -269,7 +269,8 @@ def common_inputs():
         PULID.Input("pulid", tooltip="From PuLID Load Model (the same file the embedding was made with)."),
         PULID_EMBEDDING.Input("embedding", tooltip="From PuLID Embed Face."),
         io.Float.Input("weight", default=1.0, min=-1.0, max=5.0, step=0.05,
-                       tooltip="Strength of the identity (0.8-1.0 typical; v1.1's default is 0.8)."),
+                       tooltip="Strength of the identity (the official id_scale): 0.8-1.0 typical; the official v1 and "
+                               "v1.1 apps' default is 0.8. Every preset uses this value."),
         io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.01,
                        tooltip="Fraction of the schedule where injection starts (0 = first step). On a one-step "
                                "student its single step is at 0: keep 0."),
@@ -308,14 +309,15 @@ class ApplyPuLID(io.ComfyNode):
             category="OneStep/PuLID",
             description="Insert a face's identity into an SDXL-family model (SDXL, SDXL one-step students) through "
                         "its cross-attentions, with PuLID v1 / v1.1 weights. Presets: fidelity (ortho_v2, 8 zero "
-                        "tokens), style (ortho, 16), neutral (no projection), v1.1 (ortho_v2, 20, weight 0.8), or "
-                        "custom (projection and zero tokens below).",
+                        "tokens), style (ortho, 16), neutral (no projection), v1.1 (ortho_v2, 20; the official "
+                        "default weight is 0.8), or custom (projection and zero tokens below).",
             inputs=[
                 *common_inputs(),
                 io.Combo.Input("preset", options=list(PRESET_NAMES), default="fidelity",
                                tooltip="fidelity: closest likeness. style: more freedom for the prompt's style. "
-                                       "neutral: plain addition. v1.1: the v1.1 app's defaults (weight 0.8 "
-                                       "overrides the weight input). custom: the two inputs below."),
+                                       "neutral: plain addition. v1.1: the v1.1 app's ortho_v2 with 20 zero "
+                                       "tokens (its default weight is 0.8; the weight input is used as set). "
+                                       "custom: the two inputs below."),
                 io.Combo.Input("projection", options=["none", "ortho", "ortho_v2"], default="ortho_v2",
                                tooltip="custom preset only: how the ID attention is combined with the text "
                                        "attention (ortho removes the part parallel to it; ortho_v2 weighs that by "
@@ -335,7 +337,6 @@ class ApplyPuLID(io.ComfyNode):
         if preset != "custom":
             chosen = PRESETS[preset]
             projection, num_zero_tokens = chosen.projection, chosen.num_zero
-            weight = chosen.weight if preset == "v1.1" else weight
         window = step_window(model, start_at, end_at, NODE)
         face = sdxl_face(pulid, embedding, projection, num_zero_tokens, weight, window, check_mask(attn_mask, NODE))
         return io.NodeOutput(apply_sdxl(model, face))

@@ -150,6 +150,22 @@ def test_cfg_chunks_get_their_own_id_tokens(tiny_sdxl, sdxl_pulid):
     assert not torch.allclose(uncond, cond, atol=1e-3)
 
 
+def test_the_v1_1_preset_uses_the_weight_input(tiny_sdxl, sdxl_pulid):
+    """Official app_v1_1.py: 0.8 is where the id scale slider starts, not a fixed value; the preset sets only
+    ortho_v2 and NUM_ZERO 20."""
+    embed = embedding()
+    q, k, v = attention_inputs(1)
+    options = {"n_heads": 8, "cond_or_uncond": [0], "sigmas": torch.ones(1), "original_shape": [1, 4, 8, 8]}
+    plain = PulidAttention(30, ())(q, k, v, options)
+    for weight in (0.5, 1.3):
+        patch = patch_of(apply(tiny_sdxl, sdxl_pulid, embed, preset="v1.1", weight=weight, num_zero_tokens=3,
+                               projection="none"))
+        assert patch.faces[0].weight == weight
+        with torch.no_grad():
+            expected = reference_term(sdxl_pulid, embed, 30, q, plain, "cond", "ortho_v2", 20, weight)
+        torch.testing.assert_close(patch(q, k, v, options) - plain, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_an_attention_override_runs_in_every_patched_cross_attention(tiny_sdxl, sdxl_pulid):
     """ComfyUI's ``optimized_attention_override`` (transformer_options) is called for the text attention of all
     70 layers PuLID patches, as it is for an unpatched cross-attention."""
