@@ -426,16 +426,28 @@ def check_flux_model(model, pulid: PulidModel) -> list[tuple[str, int]]:
     return indices
 
 
-def apply_flux(model, face: FluxFace, indices: list[tuple[str, int]], pulid: PulidModel):
-    """A clone of ``model`` with ``face`` after every PuLID injection block, and PuLID's cross-attentions
-    registered with ComfyUI's model management (loaded with the model, offloaded with it)."""
+FLUX_COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def compute_dtype(model) -> torch.dtype:
+    """The dtype the model's blocks compute in (ComfyUI's ``get_dtype_inference``: the manual-cast dtype where the
+    weights are stored in another one); bf16 for fp8 weights computed in fp8, as the official FLUX pipeline's
+    ``pulid_ca`` runs in the FLUX model's bf16."""
+    base = model.model
+    dtype = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
+    return dtype if dtype in FLUX_COMPUTE_DTYPES else torch.bfloat16
+
+
+def apply_flux(model, face: FluxFace, indices: list[tuple[str, int]]):
+    """A clone of ``model`` with ``face`` after every PuLID injection block, and the face's cross-attentions (in the
+    model's compute dtype) registered with ComfyUI's model management (loaded with the model, offloaded with it)."""
     patched = model.clone()
     replaced = patched.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
     for ca_index, (kind, block) in enumerate(indices):
         patch = with_face(replaced, (kind, block), face,
                           lambda faces, previous, k=kind, i=ca_index: PulidFluxBlock(k, i, faces, previous))
         patched.set_model_patch_replace(patch, "dit", kind, block)
-    ca_patcher = comfy.model_patcher.ModelPatcher(pulid.module.pulid_ca, load_device=model.load_device,
+    ca_patcher = comfy.model_patcher.ModelPatcher(face.cross_attentions, load_device=model.load_device,
                                                   offload_device=model.offload_device)
     existing = patched.get_additional_models_with_key("onestep_pulid")
     patched.set_additional_models("onestep_pulid", [*existing, ca_patcher])
@@ -462,6 +474,6 @@ class ApplyPuLIDFlux(io.ComfyNode):
         check_inputs(pulid, embedding, protected_identities, "flux", FLUX_NODE)
         indices = check_flux_model(model, pulid)
         window = step_window(model, start_at, end_at, FLUX_NODE)
-        face = FluxFace(embedding.cond, embedding.uncond, pulid.module.pulid_ca, weight, window,
-                        check_mask(attn_mask, FLUX_NODE))
-        return io.NodeOutput(apply_flux(model, face, indices, pulid))
+        face = FluxFace(embedding.cond, embedding.uncond, pulid.cross_attentions(compute_dtype(model)), weight,
+                        window, check_mask(attn_mask, FLUX_NODE))
+        return io.NodeOutput(apply_flux(model, face, indices))

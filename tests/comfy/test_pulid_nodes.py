@@ -325,6 +325,44 @@ def test_flux_cross_attentions_ride_with_the_model(tiny_flux, flux_pulid):
     comfy.model_management.load_models_gpu([twice])  # the cross-attentions load with the model
 
 
+def parameter_bytes(module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_flux_cross_attentions_run_in_the_model_dtype(flux_pulid, dtype):
+    """The official FLUX pipeline runs pulid_ca in the FLUX model's dtype (bf16): half the memory of fp32, and
+    the same result as the fp32 modules to bf16 precision."""
+    model = tiny_model_patcher(comfy.supported_models.Flux, flux1_config(**TINY_FLUX_SIZES), dtype=dtype)
+    embed = embedding("flux")
+    patched = flux_apply(model, flux_pulid, embed, weight=0.7)
+    [ca_patcher] = patched.get_additional_models_with_key("onestep_pulid")
+    cross_attentions = ca_patcher.model
+    assert {p.dtype for p in cross_attentions.parameters()} == {dtype}
+    assert {p.dtype for p in flux_pulid.module.pulid_ca.parameters()} == {torch.float32}  # the loaded file's
+    assert parameter_bytes(cross_attentions) == parameter_bytes(flux_pulid.module.pulid_ca) * dtype.itemsize // 4
+    assert (cross_attentions is flux_pulid.module.pulid_ca) == (dtype == torch.float32)
+    again = flux_apply(model, flux_pulid, embedding("flux", seed=2))
+    assert again.get_additional_models_with_key("onestep_pulid")[0].model is cross_attentions  # one copy per dtype
+
+    block = patched.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 2)]
+    assert block.faces[0].cross_attentions is cross_attentions
+    generator = torch.Generator().manual_seed(0)
+    txt, img = torch.randn(1, 7, 32, generator=generator), torch.randn(1, 16, 32, generator=generator)
+    options = {"cond_or_uncond": [0], "sigmas": torch.ones(1)}
+    out = block({"img": img.to(dtype), "txt": txt.to(dtype), "transformer_options": options},
+                {"original_block": lambda args: {"img": args["img"], "txt": args["txt"]}})
+    assert out["img"].dtype == dtype
+    with torch.no_grad():  # the fp32 reference: the loaded modules on the fp32 image tokens
+        delta = flux_contribution(flux_pulid.module.pulid_ca[1], embed.cond, img.to(dtype).float(), 0.7)
+    bf16_tolerance = 1.6e-2  # torch.testing's bf16 rtol: 2**-6
+    torch.testing.assert_close(out["img"].float(), img.to(dtype).float() + delta, rtol=bf16_tolerance,
+                               atol=bf16_tolerance * float(delta.abs().max()))
+    if dtype == torch.float32:
+        torch.testing.assert_close(out["img"], img + delta, rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(sample(patched, flux_conditioning(), steps=1)).all()
+
+
 def test_the_protected_identity_guard_refuses_a_matching_face(tiny_sdxl, sdxl_pulid):
     from onestep.safety.errors import ProtectedIdentityError, SafetyInputError
     from onestep.safety.identity import IdentityGallery
