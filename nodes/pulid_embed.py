@@ -1,5 +1,6 @@
 """PuLID Embed Face (reference photos -> ID tokens) and ID Similarity (recognition cosine of generated faces)."""
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -13,6 +14,11 @@ from .pulid_loaders import EVA_CLIP, FACE_ANALYSIS, FACE_PARSING, PULID, PulidMo
 
 PULID_EMBEDDING = io.Custom("PULID_EMBEDDING")
 NO_FACE_CHOICES = ("error", "skip image")
+NO_PARSING_WARNING = (
+    "PuLID Embed Face: this embedding was made without face parsing, so EVA-CLIP saw the whole gray crop "
+    "(background, clothes, neck, ears, hat). The official PuLID pipeline parses the face with BiSeNet and whitens "
+    "them: connect PuLID Load Face Parsing (facexlib's parsing_bisenet.pth in models/facexlib) to face_parsing."
+)
 
 
 @dataclass
@@ -127,7 +133,10 @@ class PuLIDEmbedFace(io.ComfyNode):
         size = kept[0].shape[:2]
         faces = to_image_batch([annotate(photo, c.face, size) for photo, c in zip(kept, conditions, strict=True)])
         crops = torch.cat([c.features.permute(0, 2, 3, 1).cpu() for c in conditions])
-        return io.NodeOutput(embedding, faces, crops)
+        if face_parsing is not None:
+            return io.NodeOutput(embedding, faces, crops)
+        logging.warning(NO_PARSING_WARNING)
+        return io.NodeOutput(embedding, faces, crops, ui=ui.PreviewText(NO_PARSING_WARNING))
 
 
 @contextmanager
