@@ -152,6 +152,15 @@ class SdxlFace:
         return per_sample(tokens, tokens, options, q.shape[0], NODE)
 
 
+def text_attention(q, k, v, extra_options: dict) -> torch.Tensor:
+    """The layer's own text attention as ComfyUI's ``CrossAttention.forward`` calls it, with the layer's
+    transformer_options, so that an ``optimized_attention_override`` set by another node still applies. An attn2
+    replacement gets every transformer_options entry except the patch dicts in ``extra_options``."""
+    return comfy.ldm.modules.attention.optimized_attention(
+        q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+        transformer_options=extra_options)
+
+
 class PulidAttention:
     """The ``attn2`` replacement of one SDXL cross-attention slot: text attention plus every face's ID term."""
 
@@ -163,11 +172,8 @@ class PulidAttention:
 
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
-        if self.previous is not None:
-            h = self.previous(q, k, v, extra_options)
-        else:
-            h = comfy.ldm.modules.attention.optimized_attention(
-                q, k, v, heads, attn_precision=extra_options.get("attn_precision"))
+        text = self.previous if self.previous is not None else text_attention
+        h = text(q, k, v, extra_options)
         faces = [face for face in self.faces if face.window.active(extra_options["sigmas"])]
         if not faces:
             return h
@@ -263,7 +269,8 @@ def common_inputs():
         PULID.Input("pulid", tooltip="From PuLID Load Model (the same file the embedding was made with)."),
         PULID_EMBEDDING.Input("embedding", tooltip="From PuLID Embed Face."),
         io.Float.Input("weight", default=1.0, min=-1.0, max=5.0, step=0.05,
-                       tooltip="Strength of the identity (0.8-1.0 typical; v1.1's default is 0.8)."),
+                       tooltip="Strength of the identity (the official id_scale): 0.8-1.0 typical; the official v1 and "
+                               "v1.1 apps' default is 0.8. Every preset uses this value."),
         io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.01,
                        tooltip="Fraction of the schedule where injection starts (0 = first step). On a one-step "
                                "student its single step is at 0: keep 0."),
@@ -302,14 +309,15 @@ class ApplyPuLID(io.ComfyNode):
             category="OneStep/PuLID",
             description="Insert a face's identity into an SDXL-family model (SDXL, SDXL one-step students) through "
                         "its cross-attentions, with PuLID v1 / v1.1 weights. Presets: fidelity (ortho_v2, 8 zero "
-                        "tokens), style (ortho, 16), neutral (no projection), v1.1 (ortho_v2, 20, weight 0.8), or "
-                        "custom (projection and zero tokens below).",
+                        "tokens), style (ortho, 16), neutral (no projection), v1.1 (ortho_v2, 20; the official "
+                        "default weight is 0.8), or custom (projection and zero tokens below).",
             inputs=[
                 *common_inputs(),
                 io.Combo.Input("preset", options=list(PRESET_NAMES), default="fidelity",
                                tooltip="fidelity: closest likeness. style: more freedom for the prompt's style. "
-                                       "neutral: plain addition. v1.1: the v1.1 app's defaults (weight 0.8 "
-                                       "overrides the weight input). custom: the two inputs below."),
+                                       "neutral: plain addition. v1.1: the v1.1 app's ortho_v2 with 20 zero "
+                                       "tokens (its default weight is 0.8; the weight input is used as set). "
+                                       "custom: the two inputs below."),
                 io.Combo.Input("projection", options=["none", "ortho", "ortho_v2"], default="ortho_v2",
                                tooltip="custom preset only: how the ID attention is combined with the text "
                                        "attention (ortho removes the part parallel to it; ortho_v2 weighs that by "
@@ -329,7 +337,6 @@ class ApplyPuLID(io.ComfyNode):
         if preset != "custom":
             chosen = PRESETS[preset]
             projection, num_zero_tokens = chosen.projection, chosen.num_zero
-            weight = chosen.weight if preset == "v1.1" else weight
         window = step_window(model, start_at, end_at, NODE)
         face = sdxl_face(pulid, embedding, projection, num_zero_tokens, weight, window, check_mask(attn_mask, NODE))
         return io.NodeOutput(apply_sdxl(model, face))
@@ -419,16 +426,28 @@ def check_flux_model(model, pulid: PulidModel) -> list[tuple[str, int]]:
     return indices
 
 
-def apply_flux(model, face: FluxFace, indices: list[tuple[str, int]], pulid: PulidModel):
-    """A clone of ``model`` with ``face`` after every PuLID injection block, and PuLID's cross-attentions
-    registered with ComfyUI's model management (loaded with the model, offloaded with it)."""
+FLUX_COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def compute_dtype(model) -> torch.dtype:
+    """The dtype the model's blocks compute in (ComfyUI's ``get_dtype_inference``: the manual-cast dtype where the
+    weights are stored in another one); bf16 for fp8 weights computed in fp8, as the official FLUX pipeline's
+    ``pulid_ca`` runs in the FLUX model's bf16."""
+    base = model.model
+    dtype = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
+    return dtype if dtype in FLUX_COMPUTE_DTYPES else torch.bfloat16
+
+
+def apply_flux(model, face: FluxFace, indices: list[tuple[str, int]]):
+    """A clone of ``model`` with ``face`` after every PuLID injection block, and the face's cross-attentions (in the
+    model's compute dtype) registered with ComfyUI's model management (loaded with the model, offloaded with it)."""
     patched = model.clone()
     replaced = patched.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
     for ca_index, (kind, block) in enumerate(indices):
         patch = with_face(replaced, (kind, block), face,
                           lambda faces, previous, k=kind, i=ca_index: PulidFluxBlock(k, i, faces, previous))
         patched.set_model_patch_replace(patch, "dit", kind, block)
-    ca_patcher = comfy.model_patcher.ModelPatcher(pulid.module.pulid_ca, load_device=model.load_device,
+    ca_patcher = comfy.model_patcher.ModelPatcher(face.cross_attentions, load_device=model.load_device,
                                                   offload_device=model.offload_device)
     existing = patched.get_additional_models_with_key("onestep_pulid")
     patched.set_additional_models("onestep_pulid", [*existing, ca_patcher])
@@ -455,6 +474,6 @@ class ApplyPuLIDFlux(io.ComfyNode):
         check_inputs(pulid, embedding, protected_identities, "flux", FLUX_NODE)
         indices = check_flux_model(model, pulid)
         window = step_window(model, start_at, end_at, FLUX_NODE)
-        face = FluxFace(embedding.cond, embedding.uncond, pulid.module.pulid_ca, weight, window,
-                        check_mask(attn_mask, FLUX_NODE))
-        return io.NodeOutput(apply_flux(model, face, indices, pulid))
+        face = FluxFace(embedding.cond, embedding.uncond, pulid.cross_attentions(compute_dtype(model)), weight,
+                        window, check_mask(attn_mask, FLUX_NODE))
+        return io.NodeOutput(apply_flux(model, face, indices))

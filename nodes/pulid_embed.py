@@ -1,5 +1,6 @@
 """PuLID Embed Face (reference photos -> ID tokens) and ID Similarity (recognition cosine of generated faces)."""
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -13,6 +14,11 @@ from .pulid_loaders import EVA_CLIP, FACE_ANALYSIS, FACE_PARSING, PULID, PulidMo
 
 PULID_EMBEDDING = io.Custom("PULID_EMBEDDING")
 NO_FACE_CHOICES = ("error", "skip image")
+NO_PARSING_WARNING = (
+    "PuLID Embed Face: this embedding was made without face parsing, so EVA-CLIP saw the whole gray crop "
+    "(background, clothes, neck, ears, hat). The official PuLID pipeline parses the face with BiSeNet and whitens "
+    "them: connect PuLID Load Face Parsing (facexlib's parsing_bisenet.pth in models/facexlib) to face_parsing."
+)
 
 
 @dataclass
@@ -81,6 +87,12 @@ class PuLIDEmbedFace(io.ComfyNode):
                 io.Combo.Input("if_no_face", options=list(NO_FACE_CHOICES), default="error",
                                tooltip="error: stop and say which image. skip image: leave that reference out "
                                        "(an error if none has a face)."),
+                io.Boolean.Input("id_mix", default=False, optional=True,
+                                 tooltip="fusion concat with PuLID v1 weights only (the official v1 app's ID Mix, "
+                                         "off by default): off = each reference after the first adds only its 5 "
+                                         "ID tokens (from ArcFace + EVA-CLIP CLS), for one person seen in several "
+                                         "photos; on = all 10 of its tokens, to mix two people. No effect with "
+                                         "v1.1 / FLUX weights or other fusions."),
                 FACE_PARSING.Input("face_parsing", optional=True,
                                    tooltip="Optional, from PuLID Load Face Parsing (BiSeNet): whiten the "
                                            "background, cloth, hat, ears and neck of the crop, as the official "
@@ -98,7 +110,7 @@ class PuLIDEmbedFace(io.ComfyNode):
 
     @classmethod
     def execute(cls, pulid: PulidModel, eva_clip, face_analysis, image, fusion, face_order, face_index,
-                if_no_face, face_parsing=None) -> io.NodeOutput:
+                if_no_face, face_parsing=None, id_mix=False) -> io.NodeOutput:
         from ..pulid.embedding import ARCFACE_DIM, id_tokens
         from ..pulid.face_crop import images_to_uint8
 
@@ -110,7 +122,7 @@ class PuLIDEmbedFace(io.ComfyNode):
             conditions, skipped = face_conditions(photos, names, face_analysis, eva_clip, face_order, face_index,
                                                   if_no_face, progress, face_parsing)
             try:
-                cond, uncond = id_tokens(pulid.encoder, conditions, fusion)
+                cond, uncond = id_tokens(pulid.encoder, conditions, fusion, id_mix)
             except ValueError as error:
                 raise ValueError(f"PuLID Embed Face: {error}") from error
         progress.update(1)
@@ -121,7 +133,10 @@ class PuLIDEmbedFace(io.ComfyNode):
         size = kept[0].shape[:2]
         faces = to_image_batch([annotate(photo, c.face, size) for photo, c in zip(kept, conditions, strict=True)])
         crops = torch.cat([c.features.permute(0, 2, 3, 1).cpu() for c in conditions])
-        return io.NodeOutput(embedding, faces, crops)
+        if face_parsing is not None:
+            return io.NodeOutput(embedding, faces, crops)
+        logging.warning(NO_PARSING_WARNING)
+        return io.NodeOutput(embedding, faces, crops, ui=ui.PreviewText(NO_PARSING_WARNING))
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .encoders import IDFormer
+from .encoders import IDEncoder, IDFormer
 from .eva_clip import eva_clip_features
 from .face_analysis import DET_SIZES, Face, FaceAnalyzer, detect_faces, select_face
 from .face_crop import (
@@ -83,15 +83,27 @@ def uncond_tokens(encoder: nn.Module, condition: FaceCondition) -> torch.Tensor:
     return encode(encoder, torch.zeros_like(condition.id_cond), [torch.zeros_like(h) for h in condition.vit_hidden])
 
 
+def concat_tokens(
+    tokens: list[torch.Tensor], uncond: torch.Tensor, keep: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first reference's tokens, then the first ``keep`` tokens of each further one (all when None), and the
+    uncond tokens cut and joined the same way: official v1 ``app.py``, ``cat((id_embeddings, supp_id_embeddings if
+    id_mix else supp_id_embeddings[:, :5]), dim=1)`` on cond and uncond together."""
+    cond = torch.cat([tokens[0], *(t[:, :keep] for t in tokens[1:])], dim=1)
+    return cond, torch.cat([uncond, *(uncond[:, :keep] for _ in tokens[1:])], dim=1)
+
+
 def id_tokens(
-    encoder: nn.Module, conditions: list[FaceCondition], fusion: str = "mean"
+    encoder: nn.Module, conditions: list[FaceCondition], fusion: str = "mean", id_mix: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(cond, uncond) ID tokens [1, T, 2048] of one person from one or more references.
 
     Fusion of several references: ``mean`` of their tokens; ``concat`` of their tokens along the sequence
-    (official v1 app, uncond repeated to the same length); ``joint``: one encoding of all references
-    (IDFormer: the official v1.1 multi-image input, every reference's ID tokens joining the latents and its
-    ViT tokens the context; IDEncoder, which has no such input: the averaged ``id_cond`` and hidden states).
+    (official v1 app: without ``id_mix``, its default, an IDEncoder's further references add only their 5 ID
+    tokens, the ones made from ``id_cond``; with it, all 10; IDFormer references add all their tokens);
+    ``joint``: one encoding of all references (IDFormer: the official v1.1 multi-image input, every reference's ID
+    tokens joining the latents and its ViT tokens the context; IDEncoder, which has no such input: the averaged
+    ``id_cond`` and hidden states).
     """
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
@@ -105,5 +117,6 @@ def id_tokens(
         return encode(encoder, id_cond, [torch.stack(level).mean(0) for level in levels]), uncond
     tokens = [encode(encoder, c.id_cond, c.vit_hidden) for c in conditions]
     if fusion == "concat":
-        return torch.cat(tokens, dim=1), uncond.repeat(1, len(tokens), 1)
+        keep = encoder.num_token if isinstance(encoder, IDEncoder) and not id_mix else None
+        return concat_tokens(tokens, uncond, keep)
     return torch.stack(tokens).mean(0), uncond

@@ -23,16 +23,19 @@ ORTHO_V2_ID_TOKENS = 5  # ortho_v2 weighs the attention falling on the first 5 I
 
 @dataclass(frozen=True)
 class Preset:
+    """An official app mode: projection and NUM_ZERO, and the app's default ID scale (only a default: the user's
+    weight is always used)."""
+
     projection: str
     num_zero: int
-    weight: float = 1.0
+    default_weight: float = 1.0
 
 
 PRESETS = {
     "fidelity": Preset("ortho_v2", 8),  # official app.py mode "fidelity"
     "style": Preset("ortho", 16),  # official app.py mode "extremely style"
     "neutral": Preset("none", 0),
-    "v1.1": Preset("ortho_v2", 20, 0.8),  # official app_v1_1.py defaults
+    "v1.1": Preset("ortho_v2", 20, 0.8),  # official app_v1_1.py defaults (id scale slider starts at 0.8)
 }
 
 

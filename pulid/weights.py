@@ -9,6 +9,7 @@ Layouts (key prefixes):
 v1 (``IDEncoder``) and v1.1 (``IDFormer``) are told apart by the number of encoder keys.
 """
 
+import copy
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -169,3 +170,15 @@ def load_pulid(path: str | Path, model: nn.Module | None = None) -> tuple[Layout
             f"{Path(path).name} is laid out as {layout.name} {layout.version} but {error}"
         ) from error
     return layout, model.eval()
+
+
+def cast_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A copy of ``module`` with its floating-point parameters and buffers in ``dtype``, made tensor by tensor (no
+    second full-precision copy), for running the official fp32 modules in a model's bf16/fp16 (as the official
+    FLUX pipeline does: ``pulid_ca`` in the FLUX model's dtype)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    memo = {}
+    for tensor in tensors:
+        cast = tensor.detach().to(dtype) if tensor.is_floating_point() else tensor.detach().clone()
+        memo[id(tensor)] = nn.Parameter(cast, requires_grad=False) if isinstance(tensor, nn.Parameter) else cast
+    return copy.deepcopy(module, memo)

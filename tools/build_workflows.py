@@ -241,7 +241,8 @@ ABOUT = {
         "A person's identity from one photo (InsightFace + EVA-CLIP + PuLID encoder) injected into SDXL; ID "
         "similarity of the result.\n\n**Files:** `models/checkpoints/sd_xl_base_1.0.safetensors`, "
         "`models/pulid/pulid_v1.1.safetensors`, `models/clip_vision/EVA02_CLIP_L_336_psz14_s6B.pt`, "
-        "`models/insightface/models/antelopev2/`, `input/pulid_reference.png`.",
+        "`models/insightface/models/antelopev2/`, `models/facexlib/parsing_bisenet.pth` (facexlib's BiSeNet face "
+        "parser), `input/pulid_reference.png`.",
     ),
     "onestep_pulid_one_step_student": (
         'PuLID on a one-step SDXL student',
@@ -254,7 +255,7 @@ ABOUT = {
         "PuLID FLUX's cross-attentions patched into FLUX.1 dev; ID similarity of the result.\n\n**Files:** "
         "`models/diffusion_models/flux1-dev.safetensors`, `models/text_encoders/clip_l.safetensors` and "
         "`t5xxl_fp16.safetensors`, `models/vae/ae.safetensors`, `models/pulid/pulid_flux_v0.9.1.safetensors`,"
-        " EVA-CLIP, antelopev2, `input/pulid_reference.png`.",
+        " EVA-CLIP, antelopev2, `models/facexlib/parsing_bisenet.pth`, `input/pulid_reference.png`.",
     ),
     "onestep_distill_sd15": (
         'Distill SD1.5 into a one-step student (SiD-LSG)',
@@ -400,23 +401,28 @@ FLUX_CLIP_L = "clip_l.safetensors"
 FLUX_VAE = "ae.safetensors"
 REFERENCE_PHOTO = "pulid_reference.png"
 PORTRAIT_PROMPT = "portrait photo of a person as an astronaut on a spaceship, soft light, detailed"
+FACE_PARSING = "parsing_bisenet.pth"
 PULID_OUTPUTS = {"pulid": [("pulid", "PULID")], "face": [("face_analysis", "FACE_ANALYSIS")],
-                 "eva": [("eva_clip", "EVA_CLIP")]}
+                 "eva": [("eva_clip", "EVA_CLIP")], "parsing": [("face_parsing", "FACE_PARSING")]}
 
 
 def pulid_identity(w: Workflow, pulid_file: str):
-    """PuLID's loaders, the reference photo and Embed Face: returns (pulid, face analysis, photo, embedding)."""
+    """PuLID's loaders (face parsing included, as the official pipeline), the reference photo and Embed Face:
+    returns (pulid, face analysis, photo, embedding)."""
     pulid = w.add("OneStepPuLIDModelLoader", [("pulid_file", pulid_file)], PULID_OUTPUTS["pulid"], 0, 2)
     eva = w.add("OneStepPuLIDEvaClipLoader", [("eva_clip_file", EVA_CLIP), ("precision", "auto")],
                 PULID_OUTPUTS["eva"], 0, 3)
     face = w.add("OneStepPuLIDFaceAnalysisLoader", [("model_pack", "antelopev2"), ("provider", "CUDA")],
                  PULID_OUTPUTS["face"], 0, 4)
+    parsing = w.add("OneStepPuLIDFaceParsingLoader", [("parsing_file", FACE_PARSING)], PULID_OUTPUTS["parsing"], 0,
+                    4.5, "Face parsing (BiSeNet, as the official pipeline)")
     photo = w.add("LoadImage", [("image", REFERENCE_PHOTO)], [("IMAGE", "IMAGE"), ("MASK", "MASK")], 0, 5,
                   "Reference photo (one person)")
     embedding = w.add(
         "OneStepPuLIDEmbedFace",
         [("pulid", pulid.out(0)), ("eva_clip", eva.out(0)), ("face_analysis", face.out(0)), ("image", photo.out(0)),
-         ("fusion", "mean"), ("face_order", "largest"), ("face_index", 0), ("if_no_face", "error")],
+         ("fusion", "mean"), ("face_order", "largest"), ("face_index", 0), ("if_no_face", "error"),
+         ("face_parsing", parsing.out(0)), ("id_mix", False)],
         [("embedding", "PULID_EMBEDDING"), ("faces", "IMAGE"), ("crops", "IMAGE")], 1, 3,
     )
     return pulid, face, photo, embedding

@@ -106,8 +106,9 @@ def flux1_config(**sizes) -> dict:
     return {**detected, **sizes}
 
 
-def tiny_model_patcher(config_class, unet_config=None, seed: int = 0):
-    """A small random-weight model of a ComfyUI family (SD15 by default) wrapped in a ModelPatcher.
+def tiny_model_patcher(config_class, unet_config=None, seed: int = 0, dtype=None):
+    """A small random-weight model of a ComfyUI family (SD15 by default) wrapped in a ModelPatcher, in ``dtype``
+    (fp32 by default).
 
     ComfyUI cannot detect a shrunken UNet from its weights, so the model is built from the family's
     supported-model class directly, exactly as ComfyUI's loader would after detection.
@@ -116,11 +117,12 @@ def tiny_model_patcher(config_class, unet_config=None, seed: int = 0):
     import comfy.model_patcher
     import torch
 
+    dtype = dtype or torch.float32
     torch.manual_seed(seed)
     model_config = config_class(dict(unet_config or TINY_UNET_CONFIG))
-    model_config.set_inference_dtype(torch.float32, None)
+    model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({})
-    model.diffusion_model.float()
+    model.diffusion_model.to(dtype)
     with torch.no_grad():  # ComfyUI's layers skip initialisation: give every weight a finite value
         for parameter in model.diffusion_model.parameters():
             parameter.normal_(0.0, 0.05)

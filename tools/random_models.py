@@ -102,6 +102,7 @@ def ensure_random_sd15_files(cache_dir: Path) -> dict[str, Path]:
 
 PULID_FILE = f"random_pulid_v1.1_sdxl_v{FILES_VERSION}.safetensors"
 EVA_CLIP_FILE = f"random_eva02_clip_l14_336_v{FILES_VERSION}.pt"
+FACE_PARSING_FILE = f"random_parsing_bisenet_v{FILES_VERSION}.pth"
 
 
 def random_pulid_v11_state_dict(seed: int = 4) -> dict[str, torch.Tensor]:
@@ -124,18 +125,34 @@ def random_eva_clip_state_dict(seed: int = 5) -> dict[str, torch.Tensor]:
     return _half(_randomize(build_eva02_clip_l14_336()).state_dict())
 
 
+def random_bisenet_state_dict(seed: int = 6) -> dict[str, torch.Tensor]:
+    """facexlib's BiSeNet face parser (``parsing_bisenet.pth``: 19 classes, its key names), random weights."""
+    from onestep.pulid.face_parsing import BiSeNet
+
+    torch.manual_seed(seed)
+    return _half(_randomize(BiSeNet(19)).state_dict())
+
+
+def _torch_save(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    temporary = path.with_suffix(".tmp")
+    torch.save(tensors, temporary)
+    os.replace(temporary, path)
+
+
 def ensure_random_pulid_files(cache_dir: Path) -> dict[str, Path]:
-    """Write (once) official-size PuLID v1.1 (safetensors) and EVA-CLIP (a weights-only torch file) with random
-    weights into ``cache_dir``: the real loaders, layout detection and shape checks run on them."""
+    """Write (once) official-size PuLID v1.1 (safetensors), EVA-CLIP and facexlib's BiSeNet face parser (weights-only
+    torch files) with random weights into ``cache_dir``: the real loaders, layout detection and shape checks run on
+    them."""
     from pack_loader import load_pack
 
     load_pack()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"pulid": cache_dir / PULID_FILE, "eva_clip": cache_dir / EVA_CLIP_FILE}
+    paths = {"pulid": cache_dir / PULID_FILE, "eva_clip": cache_dir / EVA_CLIP_FILE,
+             "face_parsing": cache_dir / FACE_PARSING_FILE}
     if not paths["pulid"].exists():
         _save(paths["pulid"], random_pulid_v11_state_dict())
     if not paths["eva_clip"].exists():
-        temporary = paths["eva_clip"].with_suffix(".tmp")
-        torch.save(random_eva_clip_state_dict(), temporary)
-        os.replace(temporary, paths["eva_clip"])
+        _torch_save(paths["eva_clip"], random_eva_clip_state_dict())
+    if not paths["face_parsing"].exists():
+        _torch_save(paths["face_parsing"], random_bisenet_state_dict())
     return paths

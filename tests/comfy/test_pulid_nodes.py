@@ -150,6 +150,43 @@ def test_cfg_chunks_get_their_own_id_tokens(tiny_sdxl, sdxl_pulid):
     assert not torch.allclose(uncond, cond, atol=1e-3)
 
 
+def test_the_v1_1_preset_uses_the_weight_input(tiny_sdxl, sdxl_pulid):
+    """Official app_v1_1.py: 0.8 is where the id scale slider starts, not a fixed value; the preset sets only
+    ortho_v2 and NUM_ZERO 20."""
+    embed = embedding()
+    q, k, v = attention_inputs(1)
+    options = {"n_heads": 8, "cond_or_uncond": [0], "sigmas": torch.ones(1), "original_shape": [1, 4, 8, 8]}
+    plain = PulidAttention(30, ())(q, k, v, options)
+    for weight in (0.5, 1.3):
+        patch = patch_of(apply(tiny_sdxl, sdxl_pulid, embed, preset="v1.1", weight=weight, num_zero_tokens=3,
+                               projection="none"))
+        assert patch.faces[0].weight == weight
+        with torch.no_grad():
+            expected = reference_term(sdxl_pulid, embed, 30, q, plain, "cond", "ortho_v2", 20, weight)
+        torch.testing.assert_close(patch(q, k, v, options) - plain, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_an_attention_override_runs_in_every_patched_cross_attention(tiny_sdxl, sdxl_pulid):
+    """ComfyUI's ``optimized_attention_override`` (transformer_options) is called for the text attention of all
+    70 layers PuLID patches, as it is for an unpatched cross-attention."""
+    called = set()
+
+    def override(attention, q, k, v, heads, *args, **kwargs):
+        options = kwargs["transformer_options"]
+        if k.shape[1] == 5:  # the 5 text tokens: a cross-attention (self-attentions see the image tokens)
+            called.add((*options["block"], options["block_index"]))
+        return attention(q, k, v, heads, *args, **kwargs)
+
+    model = tiny_sdxl.clone()
+    model.model_options["transformer_options"]["optimized_attention_override"] = override
+    sample(model, sdxl_conditioning(), steps=1)
+    slots = {(block, block_id, index) for block, block_id, index, _ in SDXL_CROSS_ATTENTION_SLOTS}
+    assert called == slots  # unpatched: the host calls the override in every cross-attention
+    called.clear()
+    sample(apply(model, sdxl_pulid, embedding()), sdxl_conditioning(), steps=1)
+    assert len(slots) == 70 and called == slots
+
+
 def test_masks_per_sample_and_two_faces(tiny_sdxl, sdxl_pulid):
     left = torch.zeros(2, 64, 64)
     left[0, :, :32] = 1  # sample 0: the left half; sample 1: nowhere
@@ -286,6 +323,44 @@ def test_flux_cross_attentions_ride_with_the_model(tiny_flux, flux_pulid):
     assert [m.model for m in twice.get_additional_models_with_key("onestep_pulid")] == [flux_pulid.module.pulid_ca] * 2
     assert len(twice.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 0)].faces) == 2
     comfy.model_management.load_models_gpu([twice])  # the cross-attentions load with the model
+
+
+def parameter_bytes(module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_flux_cross_attentions_run_in_the_model_dtype(flux_pulid, dtype):
+    """The official FLUX pipeline runs pulid_ca in the FLUX model's dtype (bf16): half the memory of fp32, and
+    the same result as the fp32 modules to bf16 precision."""
+    model = tiny_model_patcher(comfy.supported_models.Flux, flux1_config(**TINY_FLUX_SIZES), dtype=dtype)
+    embed = embedding("flux")
+    patched = flux_apply(model, flux_pulid, embed, weight=0.7)
+    [ca_patcher] = patched.get_additional_models_with_key("onestep_pulid")
+    cross_attentions = ca_patcher.model
+    assert {p.dtype for p in cross_attentions.parameters()} == {dtype}
+    assert {p.dtype for p in flux_pulid.module.pulid_ca.parameters()} == {torch.float32}  # the loaded file's
+    assert parameter_bytes(cross_attentions) == parameter_bytes(flux_pulid.module.pulid_ca) * dtype.itemsize // 4
+    assert (cross_attentions is flux_pulid.module.pulid_ca) == (dtype == torch.float32)
+    again = flux_apply(model, flux_pulid, embedding("flux", seed=2))
+    assert again.get_additional_models_with_key("onestep_pulid")[0].model is cross_attentions  # one copy per dtype
+
+    block = patched.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 2)]
+    assert block.faces[0].cross_attentions is cross_attentions
+    generator = torch.Generator().manual_seed(0)
+    txt, img = torch.randn(1, 7, 32, generator=generator), torch.randn(1, 16, 32, generator=generator)
+    options = {"cond_or_uncond": [0], "sigmas": torch.ones(1)}
+    out = block({"img": img.to(dtype), "txt": txt.to(dtype), "transformer_options": options},
+                {"original_block": lambda args: {"img": args["img"], "txt": args["txt"]}})
+    assert out["img"].dtype == dtype
+    with torch.no_grad():  # the fp32 reference: the loaded modules on the fp32 image tokens
+        delta = flux_contribution(flux_pulid.module.pulid_ca[1], embed.cond, img.to(dtype).float(), 0.7)
+    bf16_tolerance = 1.6e-2  # torch.testing's bf16 rtol: 2**-6
+    torch.testing.assert_close(out["img"].float(), img.to(dtype).float() + delta, rtol=bf16_tolerance,
+                               atol=bf16_tolerance * float(delta.abs().max()))
+    if dtype == torch.float32:
+        torch.testing.assert_close(out["img"], img + delta, rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(sample(patched, flux_conditioning(), steps=1)).all()
 
 
 def test_the_protected_identity_guard_refuses_a_matching_face(tiny_sdxl, sdxl_pulid):

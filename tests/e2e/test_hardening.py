@@ -209,6 +209,8 @@ def files(server):
         (1 << 40).to_bytes(8, "little") + b"{not json" + garbage(512, 3))
     (base / "models" / "pulid" / "garbage.bin").write_bytes(garbage(2048, 4))
     (base / "models" / "clip_vision" / "garbage_eva.pt").write_bytes(b"PK\x03\x04" + garbage(2048, 5))
+    (base / "models" / "facexlib").mkdir(parents=True, exist_ok=True)
+    (base / "models" / "facexlib" / "garbage_parsing.pth").write_bytes(b"PK\x03\x04" + garbage(2048, 6))
     return base
 
 
@@ -362,6 +364,9 @@ CASES = [
     ("eva_clip_garbage", lambda b: loader_prompt("OneStepPuLIDEvaClipLoader", eva_clip_file="garbage_eva.pt",
                                                  precision="fp32"),
      ["PuLID Load EVA-CLIP: garbage_eva.pt is not a readable EVA-CLIP weights file"]),
+    ("face_parsing_garbage",
+     lambda b: loader_prompt("OneStepPuLIDFaceParsingLoader", parsing_file="garbage_parsing.pth"),
+     ["PuLID Load Face Parsing: garbage_parsing.pth is not a readable BiSeNet face parsing weights", "copy it again"]),
     # Safety Check / Prompt Gate
     ("safety_check_prompt_too_long", lambda b: safety_check_prompt(HUGE_PROMPT),
      ["OneStep Safety Check: the prompt is", "characters long, more than the 10000 accepted"]),

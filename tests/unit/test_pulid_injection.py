@@ -116,7 +116,8 @@ def test_zero_tokens_are_sinks(tensors):
 def test_presets_match_the_official_apps():
     assert PRESETS["fidelity"].projection == "ortho_v2" and PRESETS["fidelity"].num_zero == 8
     assert PRESETS["style"].projection == "ortho" and PRESETS["style"].num_zero == 16
-    assert (PRESETS["v1.1"].projection, PRESETS["v1.1"].num_zero, PRESETS["v1.1"].weight) == ("ortho_v2", 20, 0.8)
+    v1_1 = PRESETS["v1.1"]
+    assert (v1_1.projection, v1_1.num_zero, v1_1.default_weight) == ("ortho_v2", 20, 0.8)
 
 
 def test_cond_and_uncond_chunks_get_their_own_tokens(tensors):
