@@ -47,7 +47,7 @@ from .model_folders import ensure_model_folder
 from .pack_models import CLASS_LABEL_KEY, FMNIST_CLASSES, PackEDMModel
 from .presets import PRESET_TOOLTIP, PRESETS, preset_sigmas
 from .pulid_loaders import insightface_packs
-from .sampling import one_step_sampler_function
+from .sampling import OneStepKSampler
 
 CATEGORY = "OneStep/safety"
 PROMPTS_FOLDER, IDENTITIES_FOLDER = "onestep_safety_prompts", "onestep_safety_identities"
@@ -378,7 +378,7 @@ class ModelAdapter:
         positive, negative = self.conditioning(entry.prompt), self.conditioning("")
         if self.one_step:
             samples = comfy.sample.sample_custom(
-                self.model, noise, 1.0, comfy.samplers.KSAMPLER(one_step_sampler_function), self.sigmas, positive,
+                self.model, noise, 1.0, OneStepKSampler(self.settings["student_preset"]), self.sigmas, positive,
                 [], latent, disable_pbar=True, seed=seed)
         else:
             s = self.settings
