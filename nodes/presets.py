@@ -49,7 +49,7 @@ def fixed(*timesteps: int) -> Callable[[int], list[int]]:
 
 # Each entry: the official inference code's scheduler, timesteps and parametrisation (README, "Few-step students").
 FEW_STEP_PRESETS = {
-    # stabilityai/sd-turbo scheduler_config.json: EulerDiscreteScheduler, trailing, epsilon; model card: 1-4 steps, cfg 0
+    # stabilityai/sd-turbo scheduler_config.json: EulerDiscreteScheduler, trailing, epsilon; 1-4 steps, cfg 0
     "sd-turbo": FewStepPreset(("sd2",), trailing_timesteps, "euler", "sigma", (1, 2, 3, 4), "SD-Turbo",
                               "stabilityai/sd-turbo scheduler_config.json (EulerDiscrete, trailing)"),
     # stabilityai/sdxl-turbo scheduler_config.json: EulerAncestralDiscreteScheduler, trailing, epsilon; 1-4 steps

@@ -74,7 +74,7 @@ class OneStepKSampler(comfy.samplers.KSAMPLER):
         super().__init__(one_step_sampler_function, extra_options={"preset": preset})
 
     def max_denoise(self, model_wrap, sigmas) -> bool:
-        """True scales the noise by sqrt(1 + sigma^2) (a unit-variance input), False by sigma (ComfyUI's noise_scaling)."""
+        """True scales the noise by sqrt(1 + sigma^2) (a unit-variance input), False by sigma (noise_scaling)."""
         start = sampling_plan(model_wrap.model_patcher, self.extra_options["preset"]).start
         if start is None:
             return super().max_denoise(model_wrap, sigmas)
@@ -111,8 +111,8 @@ class OneStepSampler(io.ComfyNode):
             category=CATEGORY,
             description="Sampler for one-step and few-step students (SiD / SiD-LSG / SIM, DMD2, Turbo, Hyper-SD, "
                         "SDXL-Lightning, TCD): the student's x0 at each noise level of the SIGMAS, moved to the next "
-                        "level by the preset's own rule. Use with SamplerCustom at cfg 1 and OneStep Sigmas of the same "
-                        "preset.",
+                        "level by the preset's own rule. Use with SamplerCustom at cfg 1 and OneStep Sigmas of the "
+                        "same preset.",
             inputs=[io.Combo.Input("preset", options=PRESETS, default="auto",
                                    tooltip="The preset of the OneStep Sigmas it is used with: it sets the step rule "
                                            "and the first input. " + PRESET_TOOLTIP)],
