@@ -268,10 +268,12 @@ def test_sdxl_lightning_one_step_unet_output_is_read_as_x0(sdxl):
 
 @pytest.mark.parametrize(("family", "steps"), [("sdxl", 2), ("sdxl", 4), ("sd15", 8)])
 def test_hyper_sd_n_step_lora_is_ddim_eta_0_on_trailing_timesteps(sdxl, sd15, family, steps):
-    assert_latent(generate({"sdxl": sdxl, "sd15": sd15}[family], "hyper-sd-nstep", steps), ddim_reference(steps), family)
+    model = {"sdxl": sdxl, "sd15": sd15}[family]
+    assert_latent(generate(model, "hyper-sd-nstep", steps), ddim_reference(steps), family)
 
 
-@pytest.mark.parametrize(("preset", "gamma", "steps"), [("tcd", 0.3, 4), ("tcd", 0.3, 1), ("hyper-sd-1step-tcd", 1.0, 3)])
+@pytest.mark.parametrize(("preset", "gamma", "steps"),
+                         [("tcd", 0.3, 4), ("tcd", 0.3, 1), ("hyper-sd-1step-tcd", 1.0, 3)])
 def test_tcd_steps_follow_the_strategic_stochastic_sampler(sdxl, preset, gamma, steps):
     assert_latent(generate(sdxl, preset, steps), tcd_reference(steps, gamma), "sdxl")
 
