@@ -156,14 +156,18 @@ SDXL_CHECKPOINT_FILE = f"random_sdxl_structure_v{FILES_VERSION}.safetensors"
 DMD2_STUDENT_FILE = f"random_dmd2_sdxl_1step_unet_v{FILES_VERSION}.safetensors"
 
 
-def random_sdxl_structure_unet_state_dict(seed: int = 6) -> dict[str, torch.Tensor]:
-    """An SDXL-structured UNet (SDXL_STRUCTURE_UNET_CONFIG) with random weights, in ComfyUI's layout."""
+def random_unet_state_dict(config: dict, seed: int) -> dict[str, torch.Tensor]:
+    """A UNet of ``config`` (ComfyUI's UNetModel arguments) with random weights, in ComfyUI's layout, float16."""
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     torch.manual_seed(seed)
-    unet = _randomize(UNetModel(**SDXL_STRUCTURE_UNET_CONFIG, operations=comfy.ops.disable_weight_init))
-    return _half(unet.state_dict())
+    return _half(_randomize(UNetModel(**config, operations=comfy.ops.disable_weight_init)).state_dict())
+
+
+def random_sdxl_structure_unet_state_dict(seed: int = 6) -> dict[str, torch.Tensor]:
+    """An SDXL-structured UNet (SDXL_STRUCTURE_UNET_CONFIG) with random weights, in ComfyUI's layout."""
+    return random_unet_state_dict(SDXL_STRUCTURE_UNET_CONFIG, seed)
 
 
 def write_random_sdxl_checkpoint(path: Path, seed: int = 7) -> None:
