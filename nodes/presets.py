@@ -370,6 +370,14 @@ def _start_of(node: str, preset: str, schedule: Schedule, model, custom_value: f
     raise PresetError(f"{node}: unknown preset '{preset}'; choose one of {', '.join(PRESETS)}.")
 
 
+def first_sigma(node: str, model, preset: str = "auto") -> float:
+    """The preset's first noise level, whatever step counts it allows (for callers that need only where sampling
+    starts, e.g. PuLID's step window)."""
+    name, _ = resolve_preset(preset, model)
+    steps = min(FEW_STEP_PRESETS[name].steps) if name in FEW_STEP_PRESETS else 1
+    return float(preset_sigmas(node, model, preset, steps)[0])
+
+
 def x0_model(model):
     """A clone of ``model`` whose outputs are read as x0 (diffusers prediction_type "sample"), as the stock
     ModelSamplingDiscrete node's 'x0' option does; the model itself is left as it was."""

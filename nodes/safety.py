@@ -45,7 +45,7 @@ from ..safety.prompts import (
 from . import files
 from .model_folders import ensure_model_folder
 from .pack_models import CLASS_LABEL_KEY, FMNIST_CLASSES, PackEDMModel
-from .presets import PRESET_TOOLTIP, PRESETS, preset_sigmas
+from .presets import PRESET_TOOLTIP, PRESETS, preset_sigmas, sampling_plan, x0_model
 from .pulid_loaders import insightface_packs
 from .sampling import OneStepKSampler
 
@@ -355,6 +355,8 @@ class ModelAdapter:
         self.conds: dict[str, list] = {}
         if one_step:
             self.sigmas = preset_sigmas(node, model, settings["student_preset"], settings["student_steps"])
+            if sampling_plan(model, settings["student_preset"]).x0:
+                self.model = x0_model(model)
 
     def conditioning(self, text: str) -> list:
         if self.class_conditional:

@@ -374,3 +374,12 @@ def test_auto_with_a_recognised_four_step_file_and_steps_1_says_to_set_4(sdxl):
     student.model_options[STUDENT_INFO_KEY] = StudentInfo(preset="sdxl-lightning", steps=4)
     with pytest.raises(PresetError, match="This file is the 4-step release: set steps to 4"):
         generate(student, "auto", 1)
+
+
+def test_first_sigma_of_a_four_step_student_needs_no_step_count(sdxl):
+    """Where sampling starts (PuLID's step window asks only that): the 4-step DMD2 preset's 999."""
+    from onestep.nodes.presets import first_sigma
+
+    student = sdxl.clone()
+    student.model_options[STUDENT_INFO_KEY] = StudentInfo(preset="dmd2-sdxl-4step", steps=4)
+    assert first_sigma("test", student) == pytest.approx(sigma_of(999), rel=2e-5)
