@@ -270,7 +270,7 @@ def _steps_advice(name: str, preset: FewStepPreset, model) -> str:
     info = student_info_of(model)
     if info is not None and info.steps in preset.steps:
         return f"This file is the {info.steps}-step release: set steps to {info.steps}."
-    if name == "dmd2-sdxl-4step" and 1 in FEW_STEP_PRESETS["dmd2-sdxl-1step"].steps:
+    if name == "dmd2-sdxl-4step":
         return "Set steps to 4; for one step use the 1-step UNet with 'dmd2-sdxl-1step'."
     if name == "sdxl-lightning":
         return ("Set steps to the N of the file (sdxl_lightning_Nstep_*); its 1-step UNet is "
