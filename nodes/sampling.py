@@ -113,9 +113,10 @@ class OneStepSampler(io.ComfyNode):
                         "SDXL-Lightning, TCD): the student's x0 at each noise level of the SIGMAS, moved to the next "
                         "level by the preset's own rule. Use with SamplerCustom at cfg 1 and OneStep Sigmas of the "
                         "same preset.",
-            inputs=[io.Combo.Input("preset", options=PRESETS, default="auto",
+            inputs=[io.Combo.Input("preset", options=PRESETS, default="auto", optional=True,
                                    tooltip="The preset of the OneStep Sigmas it is used with: it sets the step rule "
-                                           "and the first input. " + PRESET_TOOLTIP)],
+                                           "and the first input (optional: graphs from before it existed mean "
+                                           "'auto'). " + PRESET_TOOLTIP)],
             outputs=[io.Sampler.Output(display_name="sampler",
                                        tooltip="Connect to SamplerCustom / SamplerCustomAdvanced.")],
         )
