@@ -92,9 +92,10 @@ TINY_MODEL_NAMES = {"sd15": "tiny SD1.5-structured UNet", "sd2": "tiny SD2-struc
                     "sdxl": "tiny SDXL-structured UNet"}
 
 
-def preset_rows(args, size: int, repeats: int) -> list[tuple[str, dict]]:
-    """(preset, result) for each few-step preset: OneStep Generate at the preset's smallest step count k against k
-    bare apply_model calls at the preset's noise levels (same input scaling, conditioning and size embedding)."""
+def preset_rows(args, size: int, repeats: int):
+    """Yields (preset, result) for each few-step preset, as each is measured: OneStep Generate at the preset's
+    smallest step count k against k bare apply_model calls at the preset's noise levels (same input scaling,
+    conditioning and size embedding)."""
     import comfy.model_management
     import torch
     from onestep.nodes.presets import FEW_STEP_PRESETS, preset_sigmas
@@ -102,7 +103,7 @@ def preset_rows(args, size: int, repeats: int) -> list[tuple[str, dict]]:
 
     names = list(FEW_STEP_PRESETS) if args.preset == ["all"] else args.preset
     device = comfy.model_management.get_torch_device()
-    models, rows = {}, []
+    models = {}
     for name in names:
         preset = FEW_STEP_PRESETS[name]
         family = preset.families[-1]  # SDXL where a preset serves several families
@@ -142,8 +143,7 @@ def preset_rows(args, size: int, repeats: int) -> list[tuple[str, dict]]:
                FAMILY_MODEL_NAMES[family] + " (random weights)",
                "dtype": str(next(model.model.parameters()).dtype), "batch": 1, "image_size": size, "repeats": repeats}
         print(json.dumps(row), flush=True)
-        rows.append((name, row))
-    return rows
+        yield name, row
 
 
 def time_outside_network(model, generate, device, repeats: int = 3) -> float:
