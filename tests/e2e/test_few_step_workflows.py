@@ -9,10 +9,14 @@ named like DMD2's release. PuLID on DMD2 needs SDXL's full widths for its cross-
 small SDXL (tests/comfy/test_few_step_presets.py).
 """
 
+import io
+
 import pytest
+from PIL import Image
 from server_base import RANDOM_SDXL_FILES
-from test_server import TEST_SIZE, images_of, shrink
 from workflow_files import load_api_workflow
+
+TEST_SIZE = 64  # pixels, as test_server.py: tiny images keep the CPU run short
 
 DMD2_WORKFLOWS = ["onestep_dmd2_sdxl", "onestep_fast_dmd2_sdxl", "onestep_pulid_dmd2_sdxl"]
 RANDOM_CHECKPOINT, RANDOM_DMD2 = (path.split("/", 1)[1] for path in RANDOM_SDXL_FILES)
@@ -27,10 +31,16 @@ def test_dmd2_workflows_validate_and_stop_at_the_missing_weights(server, name):
                                             "OneStepPuLIDEvaClipLoader", "OneStepPuLIDFaceAnalysisLoader"}
 
 
+def images_of(server, result) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(data)) for data in server.output_images(result["history"])]
+
+
 def on_random_files(name: str) -> dict:
     """The shipped workflow at TEST_SIZE, pointed at the random SDXL-structured checkpoint and DMD2-named UNet."""
-    prompt = shrink(load_api_workflow(name))
+    prompt = load_api_workflow(name)
     for node in prompt.values():
+        if node["class_type"] == "OneStepGenerate":
+            node["inputs"]["width"] = node["inputs"]["height"] = TEST_SIZE
         if node["class_type"] == "CheckpointLoaderSimple":
             node["inputs"]["ckpt_name"] = RANDOM_CHECKPOINT
         if node["class_type"] == "OneStepLoadStudent":
