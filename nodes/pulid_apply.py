@@ -32,7 +32,7 @@ from ..pulid.injection import (
     sdxl_token_grid,
 )
 from ..pulid.weights import SDXL_CROSS_ATTENTION_SLOTS, PulidWeightsError, expect_base
-from .presets import preset_sigmas, schedule_of, student_info_of
+from .presets import first_sigma, schedule_of, student_info_of
 from .pulid_embed import PULID_EMBEDDING, PulidEmbedding
 from .pulid_loaders import PULID, PulidModel
 from .safety import GALLERY
@@ -64,7 +64,7 @@ def student_sigma_at(model, fraction: float, node: str) -> float:
     """The noise level a fraction of a student's own schedule (its first sigma down to 0) stands for."""
     if fraction >= 1:
         return 0.0
-    sigma_init = float(preset_sigmas(node, model, "auto", 1)[0])
+    sigma_init = first_sigma(node, model)
     if fraction <= 0:
         return sigma_init
     schedule = schedule_of(model)

@@ -45,9 +45,9 @@ from ..safety.prompts import (
 from . import files
 from .model_folders import ensure_model_folder
 from .pack_models import CLASS_LABEL_KEY, FMNIST_CLASSES, PackEDMModel
-from .presets import PRESET_TOOLTIP, PRESETS, preset_sigmas
+from .presets import PRESET_TOOLTIP, PRESETS, preset_sigmas, sampling_plan, x0_model
 from .pulid_loaders import insightface_packs
-from .sampling import one_step_sampler_function
+from .sampling import OneStepKSampler
 
 CATEGORY = "OneStep/safety"
 PROMPTS_FOLDER, IDENTITIES_FOLDER = "onestep_safety_prompts", "onestep_safety_identities"
@@ -355,6 +355,8 @@ class ModelAdapter:
         self.conds: dict[str, list] = {}
         if one_step:
             self.sigmas = preset_sigmas(node, model, settings["student_preset"], settings["student_steps"])
+            if sampling_plan(model, settings["student_preset"]).x0:
+                self.model = x0_model(model)
 
     def conditioning(self, text: str) -> list:
         if self.class_conditional:
@@ -378,7 +380,7 @@ class ModelAdapter:
         positive, negative = self.conditioning(entry.prompt), self.conditioning("")
         if self.one_step:
             samples = comfy.sample.sample_custom(
-                self.model, noise, 1.0, comfy.samplers.KSAMPLER(one_step_sampler_function), self.sigmas, positive,
+                self.model, noise, 1.0, OneStepKSampler(self.settings["student_preset"]), self.sigmas, positive,
                 [], latent, disable_pbar=True, seed=seed)
         else:
             s = self.settings

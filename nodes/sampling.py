@@ -3,6 +3,7 @@
 import math
 
 import comfy.model_management
+import comfy.model_sampling
 import comfy.sample
 import comfy.samplers
 import comfy.utils
@@ -12,7 +13,7 @@ from comfy_api.latest import io
 
 from ..distill.one_step import sample_one_step
 from .pack_models import RawEDMNetwork, check_pixel_shape
-from .presets import PRESET_TOOLTIP, PRESETS, preset_sigmas
+from .presets import PRESET_TOOLTIP, PRESETS, PresetError, preset_sigmas, sampling_plan, x0_model
 
 CATEGORY = "OneStep/sampling"
 MAX_STEPS = 8
@@ -41,8 +42,9 @@ def latent_channels_of(base_model) -> int:
     return base_model.latent_format.latent_channels
 
 
-def one_step_sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
-    """KSAMPLER entry point: check the latent, then run the pure one-step sampler with the model's own re-noising."""
+def one_step_sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None, preset="auto"):
+    """KSAMPLER entry point: check the latent, then run the pure one-step sampler with the model's own re-noising
+    and the step rule of ``preset`` ('auto': resolved on the model being sampled)."""
     base_model = model.inner_model.inner_model
     expected = latent_channels_of(base_model)
     if x.ndim >= 2 and x.shape[1] != expected:
@@ -51,17 +53,40 @@ def one_step_sampler_function(model, x, sigmas, extra_args=None, callback=None, 
             f"expects {expected}. Feed it a latent made for this model (an Empty Latent Image of the model's "
             f"family, or a VAE Encode with the matching VAE)."
         )
+    plan = sampling_plan(model.inner_model.model_patcher, preset)
+    if plan.x0 and not isinstance(base_model.model_sampling, comfy.model_sampling.X0):
+        raise PresetError(
+            "OneStep Sampler: SDXL-Lightning's 1-step UNet predicts x0, but this model is sampled as epsilon. Put a "
+            "ModelSamplingDiscrete node (sampling 'x0') in front of SamplerCustom, or use OneStep Generate, which "
+            "does it itself."
+        )
     return sample_one_step(
         model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
-        renoise=base_model.model_sampling.noise_scaling,
+        renoise=base_model.model_sampling.noise_scaling, levels=plan.levels,
     )
+
+
+class OneStepKSampler(comfy.samplers.KSAMPLER):
+    """ComfyUI's KSAMPLER with the preset's own first input: unit noise at the first timestep for students sampled
+    with diffusers' LCM / TCD / DDIM schedulers, sigma * noise for its Euler schedulers with trailing spacing."""
+
+    def __init__(self, preset: str = "auto"):
+        super().__init__(one_step_sampler_function, extra_options={"preset": preset})
+
+    def max_denoise(self, model_wrap, sigmas) -> bool:
+        """True scales the noise by sqrt(1 + sigma^2) (a unit-variance input), False by sigma (noise_scaling)."""
+        start = sampling_plan(model_wrap.model_patcher, self.extra_options["preset"]).start
+        if start is None:
+            return super().max_denoise(model_wrap, sigmas)
+        return start == "unit"
 
 
 def steps_input() -> io.Int.Input:
     return io.Int.Input(
         "steps", default=1, min=1, max=MAX_STEPS,
-        tooltip="1 for one-step generation. k > 1 re-noises the student's output with fresh noise at "
-                "t_init * (1 - i/k) and runs it again (SiD-LSG's multistep variant).",
+        tooltip="1 for one-step generation. k > 1: SiD-LSG re-noises the student's output with fresh noise at "
+                "t_init * (1 - i/k) and runs it again; the few-step presets take their own timesteps and rule, and "
+                "some only the step counts they were trained for (a 4-step DMD2 model: 4).",
     )
 
 
@@ -84,16 +109,21 @@ class OneStepSampler(io.ComfyNode):
             node_id="OneStepSampler",
             display_name="OneStep Sampler",
             category=CATEGORY,
-            description="Sampler for SiD / SiD-LSG / SIM one-step students: the student's x0 at each noise level of "
-                        "the SIGMAS, re-noised with fresh noise between levels. Use with SamplerCustom at cfg 1.",
-            inputs=[],
+            description="Sampler for one-step and few-step students (SiD / SiD-LSG / SIM, DMD2, Turbo, Hyper-SD, "
+                        "SDXL-Lightning, TCD): the student's x0 at each noise level of the SIGMAS, moved to the next "
+                        "level by the preset's own rule. Use with SamplerCustom at cfg 1 and OneStep Sigmas of the "
+                        "same preset.",
+            inputs=[io.Combo.Input("preset", options=PRESETS, default="auto", optional=True,
+                                   tooltip="The preset of the OneStep Sigmas it is used with: it sets the step rule "
+                                           "and the first input (optional: graphs from before it existed mean "
+                                           "'auto'). " + PRESET_TOOLTIP)],
             outputs=[io.Sampler.Output(display_name="sampler",
                                        tooltip="Connect to SamplerCustom / SamplerCustomAdvanced.")],
         )
 
     @classmethod
-    def execute(cls) -> io.NodeOutput:
-        return io.NodeOutput(comfy.samplers.KSAMPLER(one_step_sampler_function))
+    def execute(cls, preset="auto") -> io.NodeOutput:
+        return io.NodeOutput(OneStepKSampler(preset))
 
 
 class OneStepSigmas(io.ComfyNode):
@@ -159,6 +189,8 @@ class OneStepGenerate(io.ComfyNode):
         if not 0 <= seed <= MAX_SEED:
             raise OneStepInputError(f"OneStep Generate: seed {seed} is out of range; use 0 to {MAX_SEED}.")
         sigmas = preset_sigmas("OneStep Generate", model, preset, steps, custom_value)
+        if sampling_plan(model, preset).x0:
+            model = x0_model(model)
         latent_format = model.get_model_object("latent_format")
         downscale = getattr(latent_format, "spacial_downscale_ratio", 8)
         if width % downscale or height % downscale:
@@ -177,7 +209,7 @@ class OneStepGenerate(io.ComfyNode):
         noise = comfy.sample.prepare_noise(latent, seed)
         callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
         samples = comfy.sample.sample_custom(
-            model, noise, 1.0, comfy.samplers.KSAMPLER(one_step_sampler_function), sigmas, positive, [],
+            model, noise, 1.0, OneStepKSampler(preset), sigmas, positive, [],
             latent, callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
         )
         return io.NodeOutput({"samples": samples})

@@ -1,5 +1,6 @@
 """OneStep Load Student: a one-step student's UNet from safetensors, with the sampling preset it was saved with."""
 
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import comfy.sd
@@ -13,7 +14,7 @@ from .files import file_fingerprint, inside, plain_name
 from .model_folders import unlisted_file_error
 from .pack_models import FOLDER as PACK_FOLDER
 from .pack_models import PackEDMModel, register_model_folder, shipped_model_names
-from .presets import STUDENT_INFO_KEY
+from .presets import STUDENT_INFO_KEY, preset_from_file_name, steps_in_file_name
 
 STUDENT_FOLDER = "diffusion_models"
 
@@ -82,16 +83,28 @@ class OneStepLoadStudent(io.ComfyNode):
                 "The file must hold a full UNet/DiT state dict (ComfyUI or diffusers key layout)."
             )
         info = StudentInfo.from_metadata(metadata)
+        named = info is None or not info.preset
+        if named:
+            info = info_from_file_name(student_name, info)
         if info is not None:
             model.model_options[STUDENT_INFO_KEY] = info
-        return io.NodeOutput(model, _describe(student_name, info))
+        return io.NodeOutput(model, _describe(student_name, info, named))
 
 
-def _describe(name: str, info: StudentInfo | None) -> str:
+def info_from_file_name(name: str, info: StudentInfo | None) -> StudentInfo | None:
+    """A released few-step student without the pack's metadata: its preset (and step count) from its file name."""
+    preset = preset_from_file_name(PurePosixPath(name).name)
+    if preset is None:
+        return info
+    return replace(info or StudentInfo(), preset=preset, steps=steps_in_file_name(PurePosixPath(name).name))
+
+
+def _describe(name: str, info: StudentInfo | None, named: bool = False) -> str:
     if info is None:
         return f"{name}: no OneStep metadata; the 'auto' preset decides from the model type."
     parts = [f"{field}={value}" for field, value in vars(info).items() if value not in (None, "")]
-    return f"{name}: " + ", ".join(parts)
+    source = " (preset from the file name)" if named else ""
+    return f"{name}{source}: " + ", ".join(parts)
 
 
 class OneStepSaveStudent(io.ComfyNode):

@@ -224,6 +224,21 @@ ABOUT = {
         " graphs (eager on the CPU).\n\n**Files:** `models/checkpoints/v1-5-pruned-emaonly.safetensors`, "
         "`models/diffusion_models/sid_lsg_sd15_cfg1.5.safetensors`.",
     ),
+    "onestep_dmd2_sdxl": (
+        'DMD2 SDXL: one-step text to image',
+        "DMD2's one-step SDXL UNet makes a 1024 px image in one network evaluation: unit noise fed at timestep 399, "
+        "as its official LCM pipeline does (preset dmd2-sdxl-1step). For the 4-step UNet or LoRA: preset "
+        "dmd2-sdxl-4step, steps 4 (a LoRA through the stock LoRA loader).\n\n**Files:** "
+        "`models/checkpoints/sd_xl_base_1.0.safetensors` (text encoders and VAE), "
+        "`models/diffusion_models/dmd2_sdxl_1step_unet_fp16.safetensors` (tianweiy/DMD2's .bin, converted once: "
+        "`tools/convert_student.py`).",
+    ),
+    "onestep_fast_dmd2_sdxl": (
+        'DMD2 SDXL one-step through the fast path',
+        "The DMD2 one-step SDXL UNet with its network call and the VAE decoder compiled and replayed as CUDA "
+        "graphs (eager on the CPU).\n\n**Files:** `models/checkpoints/sd_xl_base_1.0.safetensors`, "
+        "`models/diffusion_models/dmd2_sdxl_1step_unet_fp16.safetensors`.",
+    ),
     "onestep_sim_pixart": (
         'SIM-DiT-600M: one-step PixArt-alpha',
         "The SIM-distilled PixArt-alpha student (T5-XXL text) makes an image in one step.\n\n**Files:** "
@@ -249,6 +264,12 @@ ABOUT = {
         "PuLID's identity injected into a one-step SDXL student (PuLID starts at 0: the student's single "
         "step).\n\n**Files:** as PuLID SDXL, plus "
         "`models/diffusion_models/sdxl_one_step_student.safetensors`.",
+    ),
+    "onestep_pulid_dmd2_sdxl": (
+        'PuLID on DMD2 SDXL (one step)',
+        "PuLID's identity injected into DMD2's one-step SDXL UNet (PuLID starts at 0: the student's single step "
+        "at timestep 399).\n\n**Files:** as PuLID SDXL, plus "
+        "`models/diffusion_models/dmd2_sdxl_1step_unet_fp16.safetensors`.",
     ),
     "onestep_pulid_flux": (
         'PuLID on FLUX.1 dev',
@@ -366,7 +387,7 @@ def teacher_vs_student_sd15() -> Workflow:
          ("latent_image", empty.out(0)), ("denoise", 1.0)],
         [("LATENT", "LATENT")], 2, 0, "Teacher: 25 steps, cfg 7.5",
     )
-    sampler = w.add("OneStepSampler", [], [("SAMPLER", "SAMPLER")], 2, 1)
+    sampler = w.add("OneStepSampler", [("preset", "sid-lsg")], [("SAMPLER", "SAMPLER")], 2, 1)
     sigmas = w.add("OneStepSigmas", [("model", student.out(0)), ("preset", "sid-lsg"), ("steps", 1),
                                      ("custom_value", 2.5)], [("SIGMAS", "SIGMAS")], 2, 2)
     student_latent = w.add(
@@ -393,6 +414,35 @@ def teacher_vs_student_sd15() -> Workflow:
 
 SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
 SDXL_STUDENT = "sdxl_one_step_student.safetensors"
+DMD2_STUDENT = "dmd2_sdxl_1step_unet_fp16.safetensors"
+
+
+def sdxl_one_step_inputs(model: Link, positive: Link, preset: str) -> list:
+    """OneStep Generate at SDXL's 1024 px."""
+    return [(n, 1024 if n in ("width", "height") else v) for n, v in one_step_generate_inputs(model, positive, preset)]
+
+
+def dmd2_sdxl(fast: bool = False) -> Workflow:
+    w = Workflow("onestep_fast_dmd2_sdxl" if fast else "onestep_dmd2_sdxl")
+    base = w.add("CheckpointLoaderSimple", [("ckpt_name", SDXL_CHECKPOINT)], CHECKPOINT_OUTPUTS, 0, 0,
+                 "SDXL base (text encoders and VAE)")
+    student = w.add("OneStepLoadStudent", [("student_name", DMD2_STUDENT)], STUDENT_OUTPUTS, 0, 1,
+                    "DMD2 SDXL 1-step UNet")
+    model = student.out(0)
+    if fast:
+        model = w.add("OneStepFastPath", [("model", model), ("strategy", "auto"), ("compile", True)],
+                      [("MODEL", "MODEL")], 1, 1, "Fast path (CUDA graph; eager on the CPU)").out(0)
+    text = w.add("CLIPTextEncode", [("text", PROMPT), ("clip", base.out(1))], [("CONDITIONING", "CONDITIONING")], 1, 0)
+    latent = w.add("OneStepGenerate", sdxl_one_step_inputs(model, text.out(0), "dmd2-sdxl-1step"),
+                   [("LATENT", "LATENT")], 2, 0, "DMD2: one step at timestep 399")
+    if fast:
+        image = w.add("OneStepFastDecode", [("samples", latent.out(0)), ("vae", base.out(2)), ("strategy", "auto")],
+                      [("IMAGE", "IMAGE")], 3, 0)
+    else:
+        image = w.add("VAEDecode", [("samples", latent.out(0)), ("vae", base.out(2))], [("IMAGE", "IMAGE")], 3, 0)
+    w.add("SaveImage", [("images", image.out(0)), ("filename_prefix", f"onestep/{w.name.removeprefix('onestep_')}")],
+          [], 4, 0)
+    return w
 PULID_SDXL = "pulid_v1.1.safetensors"
 PULID_FLUX = "pulid_flux_v0.9.1.safetensors"
 EVA_CLIP = "EVA02_CLIP_L_336_psz14_s6B.pt"
@@ -483,6 +533,25 @@ def pulid_one_step_student() -> Workflow:
     latent = w.add("OneStepGenerate", generate_inputs, [("LATENT", "LATENT")], 3, 0)
     image = w.add("VAEDecode", [("samples", latent.out(0)), ("vae", base.out(2))], [("IMAGE", "IMAGE")], 4, 0)
     finish_with_id_similarity(w, image.out(0), face.out(0), photo.out(0), "onestep/pulid_one_step_student", 5)
+    return w
+
+
+def pulid_dmd2_sdxl() -> Workflow:
+    w = Workflow("onestep_pulid_dmd2_sdxl")
+    base = w.add("CheckpointLoaderSimple", [("ckpt_name", SDXL_CHECKPOINT)], CHECKPOINT_OUTPUTS, 0, 0,
+                 "SDXL base (text encoders and VAE)")
+    student = w.add("OneStepLoadStudent", [("student_name", DMD2_STUDENT)], STUDENT_OUTPUTS, 0, 1,
+                    "DMD2 SDXL 1-step UNet")
+    pulid, face, photo, embedding = pulid_identity(w, PULID_SDXL)
+    model = w.add("OneStepApplyPuLID",
+                  pulid_apply_inputs(student.out(0), pulid.out(0), embedding.out(0), 0.8, "fidelity"),
+                  [("MODEL", "MODEL")], 2, 0, "Apply PuLID (start 0: the student's one step)")
+    positive = w.add("CLIPTextEncode", [("text", PORTRAIT_PROMPT), ("clip", base.out(1))],
+                     [("CONDITIONING", "CONDITIONING")], 1, 0)
+    latent = w.add("OneStepGenerate", sdxl_one_step_inputs(model.out(0), positive.out(0), "dmd2-sdxl-1step"),
+                   [("LATENT", "LATENT")], 3, 0, "DMD2: one step at timestep 399")
+    image = w.add("VAEDecode", [("samples", latent.out(0)), ("vae", base.out(2))], [("IMAGE", "IMAGE")], 4, 0)
+    finish_with_id_similarity(w, image.out(0), face.out(0), photo.out(0), "onestep/pulid_dmd2_sdxl", 5)
     return w
 
 
@@ -651,6 +720,7 @@ def safety_gated_sid_lsg_sd15() -> Workflow:
 WORKFLOWS = [distill_fmnist, distill_sd15, sid_lsg_sd15, fast_sid_lsg_sd15, sim_pixart, teacher_vs_student_sd15,
              pulid_sdxl, pulid_one_step_student, pulid_flux]
 WORKFLOWS += [safety_audit_fmnist, safety_gated_sid_lsg_sd15]
+WORKFLOWS += [dmd2_sdxl, lambda: dmd2_sdxl(fast=True), pulid_dmd2_sdxl]
 
 
 def write_all(directory: Path = WORKFLOWS_DIR) -> list[Path]:

@@ -156,3 +156,60 @@ def ensure_random_pulid_files(cache_dir: Path) -> dict[str, Path]:
     if not paths["face_parsing"].exists():
         _torch_save(paths["face_parsing"], random_bisenet_state_dict())
     return paths
+
+
+# SDXL's UNet as ComfyUI detects it (70 text cross-attentions over 2048-d text, the 2816-d size/pooled embedding, 64-d
+# heads, 2 res blocks per level) with every level 320 channels wide instead of 320 / 640 / 1280: ComfyUI detects and
+# samples it as SDXL, at ~0.3B parameters instead of 2.6B (2.6B in float32 is 10 GB of RAM on a CPU server).
+SDXL_STRUCTURE_UNET_CONFIG = {
+    "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320,
+    "num_res_blocks": [2, 2, 2], "channel_mult": [1, 1, 1],
+    "transformer_depth": [0, 0, 2, 2, 10, 10], "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+    "transformer_depth_middle": 10, "context_dim": 2048, "use_linear_in_transformer": True,
+    "use_spatial_transformer": True, "adm_in_channels": 2816, "num_classes": "sequential",
+    "use_temporal_attention": False, "use_temporal_resblock": False, "num_heads": -1, "num_head_channels": 64,
+}
+SDXL_CHECKPOINT_FILE = f"random_sdxl_structure_v{FILES_VERSION}.safetensors"
+DMD2_STUDENT_FILE = f"random_dmd2_sdxl_1step_unet_v{FILES_VERSION}.safetensors"
+
+
+def random_unet_state_dict(config: dict, seed: int) -> dict[str, torch.Tensor]:
+    """A UNet of ``config`` (ComfyUI's UNetModel arguments) with random weights, in ComfyUI's layout, float16."""
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    torch.manual_seed(seed)
+    return _half(_randomize(UNetModel(**config, operations=comfy.ops.disable_weight_init)).state_dict())
+
+
+def random_sdxl_structure_unet_state_dict(seed: int = 6) -> dict[str, torch.Tensor]:
+    """An SDXL-structured UNet (SDXL_STRUCTURE_UNET_CONFIG) with random weights, in ComfyUI's layout."""
+    return random_unet_state_dict(SDXL_STRUCTURE_UNET_CONFIG, seed)
+
+
+def write_random_sdxl_checkpoint(path: Path, seed: int = 7) -> None:
+    """An SDXL checkpoint in the original layout, saved by ComfyUI itself: the SDXL-structured UNet, SDXL's two text
+    encoders at full size and the KL-f8 VAE, all random."""
+    import comfy.sd
+
+    model = comfy.sd.load_diffusion_model_state_dict(random_sdxl_structure_unet_state_dict(seed))
+    target = model.model.model_config.clip_target()
+    torch.manual_seed(seed + 1)
+    clip = comfy.sd.CLIP(target=target, model_options={"dtype": torch.float16})
+    _randomize(clip.cond_stage_model)
+    vae = comfy.sd.VAE(sd=random_sd_vae_state_dict(seed + 2))
+    temporary = path.with_suffix(".tmp")
+    comfy.sd.save_checkpoint(str(temporary), model, clip, vae)
+    os.replace(temporary, path)
+
+
+def ensure_random_sdxl_files(cache_dir: Path) -> dict[str, Path]:
+    """Write (once) a random SDXL-structured checkpoint and a random SDXL-structured UNet named and tagged as DMD2's
+    1-step student into ``cache_dir`` (~2.4 GB together)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"checkpoint": cache_dir / SDXL_CHECKPOINT_FILE, "dmd2": cache_dir / DMD2_STUDENT_FILE}
+    if not paths["checkpoint"].exists():
+        write_random_sdxl_checkpoint(paths["checkpoint"])
+    if not paths["dmd2"].exists():
+        _save(paths["dmd2"], random_sdxl_structure_unet_state_dict(seed=9))
+    return paths

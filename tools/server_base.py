@@ -20,6 +20,10 @@ RANDOM_SD15_FILES = {
     "checkpoints/v1-5-pruned-emaonly.safetensors": "checkpoint",
     "diffusion_models/sid_lsg_sd15_cfg1.5.safetensors": "unet",
 }
+# SDXL-structured files (tools/random_models.py: SDXL's blocks at one width, detected as SDXL) under their own names:
+# the e2e tier points the DMD2 workflows at them; the names the workflows ship with stay placeholders.
+RANDOM_SDXL_FILES = {"checkpoints/random_sdxl_structure.safetensors": "checkpoint",
+                     "diffusion_models/random_dmd2_sdxl_1step_unet_fp16.safetensors": "dmd2"}
 # Official-size PuLID v1.1, EVA-CLIP and BiSeNet face parser with random weights, under the names the workflows use.
 RANDOM_PULID_FILES = {"pulid/pulid_v1.1.safetensors": "pulid", "clip_vision/EVA02_CLIP_L_336_psz14_s6B.pt": "eva_clip",
                       "facexlib/parsing_bisenet.pth": "face_parsing"}
@@ -32,6 +36,7 @@ PLACEHOLDER_FILES = [
     # PuLID: the SDXL / FLUX bases and PuLID FLUX are 1-24 GB each (see test_pulid_workflows.py)
     "checkpoints/sd_xl_base_1.0.safetensors",
     "diffusion_models/sdxl_one_step_student.safetensors",
+    "diffusion_models/dmd2_sdxl_1step_unet_fp16.safetensors",
     "diffusion_models/flux1-dev.safetensors",
     "text_encoders/clip_l.safetensors",
     "vae/ae.safetensors",
@@ -56,13 +61,14 @@ def build_server_base(base: Path, random_weights: bool) -> Path:
     """Lay out ``base`` for ``ComfyServer(..., base, ...)``.
 
     ``random_weights``: full-size random SD1.5 and PuLID files (cached in .cache/models; minutes and ~6 GB the
-    first time) where the workflows name them; otherwise placeholders there too.
+    first time) where the workflows name them, and SDXL-structured ones (~3.7 GB) under RANDOM_SDXL_FILES' names;
+    otherwise placeholders there too.
     """
     (base / "custom_nodes").mkdir(parents=True)
     (base / "custom_nodes" / PACK_FOLDER_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
     (base / "user").mkdir()  # ComfyUI 0.28 logs "Failed to initialize database" without it
     if random_weights:
-        from random_models import ensure_random_pulid_files, ensure_random_sd15_files
+        from random_models import ensure_random_pulid_files, ensure_random_sd15_files, ensure_random_sdxl_files
 
         sd15 = ensure_random_sd15_files(MODEL_CACHE)
         for relative, kind in RANDOM_SD15_FILES.items():
@@ -70,8 +76,11 @@ def build_server_base(base: Path, random_weights: bool) -> Path:
         pulid = ensure_random_pulid_files(MODEL_CACHE)
         for relative, kind in RANDOM_PULID_FILES.items():
             _link(base, relative, pulid[kind])
+        sdxl = ensure_random_sdxl_files(MODEL_CACHE)
+        for relative, kind in RANDOM_SDXL_FILES.items():
+            _link(base, relative, sdxl[kind])
     else:
-        for relative in [*RANDOM_SD15_FILES, *RANDOM_PULID_FILES]:
+        for relative in [*RANDOM_SD15_FILES, *RANDOM_PULID_FILES, *RANDOM_SDXL_FILES]:
             write_placeholder_safetensors(base / "models" / relative)
     for relative in PLACEHOLDER_FILES:
         write_placeholder_safetensors(base / "models" / relative)

@@ -14,7 +14,8 @@ WORKFLOWS = ["onestep_distill_fmnist", "onestep_distill_sd15", "onestep_sid_lsg_
              "onestep_teacher_vs_student_sd15",
              "onestep_sim_pixart",
              "onestep_safety_audit_fmnist", "onestep_safety_gated_sid_lsg_sd15",
-             "onestep_pulid_sdxl", "onestep_pulid_one_step_student", "onestep_pulid_flux"]
+             "onestep_pulid_sdxl", "onestep_pulid_one_step_student", "onestep_pulid_flux",
+             "onestep_dmd2_sdxl", "onestep_fast_dmd2_sdxl", "onestep_pulid_dmd2_sdxl"]
 TEST_SIZE = 64  # pixels: the random SD1.5 files are full size, the images are tiny so the CPU run is quick
 TEACHER_TEST_STEPS = 3  # the shipped 25 cost ~3 minutes of full-size UNet calls on a 2-core CPU
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}

@@ -2,7 +2,17 @@
 
 import pytest
 import torch
-from onestep.distill.one_step import fresh_noise, multistep_levels, multistep_timesteps, sample_one_step
+from onestep.distill.one_step import (
+    ancestral_levels,
+    euler_levels,
+    fresh_noise,
+    multistep_levels,
+    multistep_timesteps,
+    renoise_levels,
+    sample_one_step,
+    tcd_timesteps,
+    trailing_timesteps,
+)
 
 
 def gaussian_denoiser(x, sigma, **_):
@@ -63,3 +73,34 @@ def test_multistep_timesteps_are_the_official_integer_timesteps():
     assert multistep_timesteps(625, 2) == [625, 312]
     assert multistep_timesteps(625, 3) == [625, 416, 208]
     assert multistep_timesteps(625, 4) == [625, 468, 312, 156]
+
+
+def test_trailing_and_tcd_timesteps_are_the_lists_of_the_official_pipelines():
+    """DMD2 README: 999, 749, 499, 249; trailing spacing for SDXL-Lightning 8 steps; TCD's 4 steps (diffusers)."""
+    assert trailing_timesteps(1) == [999] and trailing_timesteps(4) == [999, 749, 499, 249]
+    assert trailing_timesteps(8) == [999, 874, 749, 624, 499, 374, 249, 124]
+    assert tcd_timesteps(1) == [999] and tcd_timesteps(4) == [999, 759, 499, 259]
+
+
+def test_ancestral_levels_are_k_diffusions_ancestral_step():
+    """sigma_up = sqrt(s_to^2 (s_from^2 - s_to^2) / s_from^2), sigma_down = sqrt(s_to^2 - sigma_up^2) (eta 1)."""
+    sigma, sigma_next = torch.tensor(14.6), torch.tensor(4.1)
+    sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
+    kept, fresh = ancestral_levels(sigma, sigma_next)
+    torch.testing.assert_close(fresh, sigma_up)
+    torch.testing.assert_close(kept, (sigma_next**2 - sigma_up**2) ** 0.5)
+
+
+@pytest.mark.parametrize("levels", [renoise_levels, euler_levels, ancestral_levels])
+def test_every_rule_lands_on_the_next_noise_level(levels):
+    """kept^2 + fresh^2 = sigma_next^2: the next sample has the noise level of the next step."""
+    kept, fresh = levels(torch.tensor(3.0), torch.tensor(1.2))
+    torch.testing.assert_close(kept**2 + fresh**2, torch.tensor(1.44))
+
+
+def test_the_euler_rule_keeps_the_predicted_noise_and_adds_none():
+    z = torch.randn(1, 2, 3, 3, generator=torch.manual_seed(2))
+    out = sample_one_step(gaussian_denoiser, 3.0 * z, torch.tensor([3.0, 1.0, 0.0]), levels=euler_levels)
+    x0 = 3.0 * z / 10.0
+    x1 = x0 + 1.0 * (3.0 * z - x0) / 3.0  # x0 + sigma_next * eps_hat
+    torch.testing.assert_close(out, x1 / 2.0)
