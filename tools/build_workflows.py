@@ -516,43 +516,33 @@ def pulid_sdxl() -> Workflow:
     return w
 
 
-def pulid_one_step_student() -> Workflow:
-    w = Workflow("onestep_pulid_one_step_student")
+def pulid_on_student(name: str, student_file: str, student_title: str, preset: str, generate_title: str | None):
+    """PuLID on an SDXL-family student loaded with OneStep Load Student, sampled by OneStep Generate at 1024 px."""
+    w = Workflow(name)
     base = w.add("CheckpointLoaderSimple", [("ckpt_name", SDXL_CHECKPOINT)], CHECKPOINT_OUTPUTS, 0, 0,
                  "SDXL base (text encoders and VAE)")
-    student = w.add("OneStepLoadStudent", [("student_name", SDXL_STUDENT)], STUDENT_OUTPUTS, 0, 1,
-                    "SDXL one-step student")
+    student = w.add("OneStepLoadStudent", [("student_name", student_file)], STUDENT_OUTPUTS, 0, 1, student_title)
     pulid, face, photo, embedding = pulid_identity(w, PULID_SDXL)
     model = w.add("OneStepApplyPuLID",
                   pulid_apply_inputs(student.out(0), pulid.out(0), embedding.out(0), 0.8, "fidelity"),
                   [("MODEL", "MODEL")], 2, 0, "Apply PuLID (start 0: the student's one step)")
     positive = w.add("CLIPTextEncode", [("text", PORTRAIT_PROMPT), ("clip", base.out(1))],
                      [("CONDITIONING", "CONDITIONING")], 1, 0)
-    generate_inputs = one_step_generate_inputs(model.out(0), positive.out(0), "auto")
-    generate_inputs = [(n, 1024 if n in ("width", "height") else v) for n, v in generate_inputs]
-    latent = w.add("OneStepGenerate", generate_inputs, [("LATENT", "LATENT")], 3, 0)
+    latent = w.add("OneStepGenerate", sdxl_one_step_inputs(model.out(0), positive.out(0), preset),
+                   [("LATENT", "LATENT")], 3, 0, generate_title)
     image = w.add("VAEDecode", [("samples", latent.out(0)), ("vae", base.out(2))], [("IMAGE", "IMAGE")], 4, 0)
-    finish_with_id_similarity(w, image.out(0), face.out(0), photo.out(0), "onestep/pulid_one_step_student", 5)
+    finish_with_id_similarity(w, image.out(0), face.out(0), photo.out(0), f"onestep/{name.removeprefix('onestep_')}",
+                              5)
     return w
+
+
+def pulid_one_step_student() -> Workflow:
+    return pulid_on_student("onestep_pulid_one_step_student", SDXL_STUDENT, "SDXL one-step student", "auto", None)
 
 
 def pulid_dmd2_sdxl() -> Workflow:
-    w = Workflow("onestep_pulid_dmd2_sdxl")
-    base = w.add("CheckpointLoaderSimple", [("ckpt_name", SDXL_CHECKPOINT)], CHECKPOINT_OUTPUTS, 0, 0,
-                 "SDXL base (text encoders and VAE)")
-    student = w.add("OneStepLoadStudent", [("student_name", DMD2_STUDENT)], STUDENT_OUTPUTS, 0, 1,
-                    "DMD2 SDXL 1-step UNet")
-    pulid, face, photo, embedding = pulid_identity(w, PULID_SDXL)
-    model = w.add("OneStepApplyPuLID",
-                  pulid_apply_inputs(student.out(0), pulid.out(0), embedding.out(0), 0.8, "fidelity"),
-                  [("MODEL", "MODEL")], 2, 0, "Apply PuLID (start 0: the student's one step)")
-    positive = w.add("CLIPTextEncode", [("text", PORTRAIT_PROMPT), ("clip", base.out(1))],
-                     [("CONDITIONING", "CONDITIONING")], 1, 0)
-    latent = w.add("OneStepGenerate", sdxl_one_step_inputs(model.out(0), positive.out(0), "dmd2-sdxl-1step"),
-                   [("LATENT", "LATENT")], 3, 0, "DMD2: one step at timestep 399")
-    image = w.add("VAEDecode", [("samples", latent.out(0)), ("vae", base.out(2))], [("IMAGE", "IMAGE")], 4, 0)
-    finish_with_id_similarity(w, image.out(0), face.out(0), photo.out(0), "onestep/pulid_dmd2_sdxl", 5)
-    return w
+    return pulid_on_student("onestep_pulid_dmd2_sdxl", DMD2_STUDENT, "DMD2 SDXL 1-step UNet", "dmd2-sdxl-1step",
+                            "DMD2: one step at timestep 399")
 
 
 def pulid_flux() -> Workflow:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import torch
+from comfy_host import SDXL_UNET_CONFIG
 from safetensors.torch import save_file
 
 SD15_UNET_CONFIG = {
@@ -161,14 +162,7 @@ def ensure_random_pulid_files(cache_dir: Path) -> dict[str, Path]:
 # SDXL's UNet as ComfyUI detects it (70 text cross-attentions over 2048-d text, the 2816-d size/pooled embedding, 64-d
 # heads, 2 res blocks per level) with every level 320 channels wide instead of 320 / 640 / 1280: ComfyUI detects and
 # samples it as SDXL, at ~0.3B parameters instead of 2.6B (2.6B in float32 is 10 GB of RAM on a CPU server).
-SDXL_STRUCTURE_UNET_CONFIG = {
-    "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320,
-    "num_res_blocks": [2, 2, 2], "channel_mult": [1, 1, 1],
-    "transformer_depth": [0, 0, 2, 2, 10, 10], "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
-    "transformer_depth_middle": 10, "context_dim": 2048, "use_linear_in_transformer": True,
-    "use_spatial_transformer": True, "adm_in_channels": 2816, "num_classes": "sequential",
-    "use_temporal_attention": False, "use_temporal_resblock": False, "num_heads": -1, "num_head_channels": 64,
-}
+SDXL_STRUCTURE_UNET_CONFIG = {**SDXL_UNET_CONFIG, "channel_mult": [1, 1, 1]}
 SDXL_CHECKPOINT_FILE = f"random_sdxl_structure_v{FILES_VERSION}.safetensors"
 DMD2_STUDENT_FILE = f"random_dmd2_sdxl_1step_unet_v{FILES_VERSION}.safetensors"
 
