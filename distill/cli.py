@@ -8,6 +8,7 @@ and, at the end, ``student.safetensors`` (the EMA generator, which OneStep Load 
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -53,43 +54,52 @@ def main(argv: list[str] | None = None) -> int:
     if world_size > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        # rank 0 holds the run folder's lock (the trainer node takes the same one): one writer per folder
-        holds_lock = rank == 0 and args.job_dir.is_dir()
-        lock = run_lock(args.job_dir, owner=f"torchrun job, {world_size} process(es)") if holds_lock else None
-        with lock if lock is not None else contextlib.nullcontext():
-            job = read_job(args.job_dir, device)
-            distiller = Distiller(job.teacher, job.config, cond_sampler=label_sampler(job.conds), uncond=job.uncond,
-                                  rank=rank, world_size=world_size, fsdp=args.fsdp)
-            if rank == 0:
-                layout = ("sharded (FSDP)" if distiller.sharded else "replicated (DDP)" if world_size > 1
-                          else "one process")
-                print(f"{world_size} process(es), networks {layout}, batch {distiller.global_batch} per step",
-                      flush=True)
-            if latest_checkpoint(job.folder) is not None:
-                distiller.resume(job.folder)
-            losses_path = job.folder / LOSSES_FILE
-
-            def on_progress(step: int, total: int, losses: dict) -> None:
-                if rank != 0:
-                    return
-                with losses_path.open("a") as log:
-                    log.write(json.dumps({"step": step, **losses}) + "\n")
-                if step % args.log_every == 0 or step == total:
-                    print(f"step {step}/{total}: generator {losses['generator']:.4g}, "
-                          f"fake score {losses['fake_score']:.4g}", flush=True)
-
-            distiller.train(job.folder, on_progress=on_progress)  # every rank takes part in a save, rank 0 writes
-            if rank == 0:
-                ema = distiller.ema.module
-                save_network(job.folder / STUDENT_FILE, merged_copy(ema) if has_lora(ema) else ema,
-                             {"preset": "custom-sigma", "sigma": job.config.init_sigma, "method": job.config.method,
-                              "teacher": job.config.teacher_id, "steps": distiller.step})
-                # custom-sigma at init_sigma is what "edm" means when init_sigma is 2.5; it also covers other values
-                print(f"student written to {job.folder / STUDENT_FILE}", flush=True)
+        train_job(args, device, rank, world_size)
+        if world_size > 1:
+            dist.barrier()  # the ranks leave together, once rank 0 has written the student
     finally:
         if world_size > 1:
+            # the networks (DDP holds the process group) go first: a gloo rank torn down while they lived
+            # has aborted at exit ("terminate called without an active exception")
+            gc.collect()
             dist.destroy_process_group()
     return 0
+
+
+def train_job(args: argparse.Namespace, device: torch.device, rank: int, world_size: int) -> None:
+    # rank 0 holds the run folder's lock (the trainer node takes the same one): one writer per folder
+    holds_lock = rank == 0 and args.job_dir.is_dir()
+    lock = run_lock(args.job_dir, owner=f"torchrun job, {world_size} process(es)") if holds_lock else None
+    with lock if lock is not None else contextlib.nullcontext():
+        job = read_job(args.job_dir, device)
+        distiller = Distiller(job.teacher, job.config, cond_sampler=label_sampler(job.conds), uncond=job.uncond,
+                              rank=rank, world_size=world_size, fsdp=args.fsdp)
+        if rank == 0:
+            layout = ("sharded (FSDP)" if distiller.sharded else "replicated (DDP)" if world_size > 1
+                      else "one process")
+            print(f"{world_size} process(es), networks {layout}, batch {distiller.global_batch} per step",
+                  flush=True)
+        if latest_checkpoint(job.folder) is not None:
+            distiller.resume(job.folder)
+        losses_path = job.folder / LOSSES_FILE
+
+        def on_progress(step: int, total: int, losses: dict) -> None:
+            if rank != 0:
+                return
+            with losses_path.open("a") as log:
+                log.write(json.dumps({"step": step, **losses}) + "\n")
+            if step % args.log_every == 0 or step == total:
+                print(f"step {step}/{total}: generator {losses['generator']:.4g}, "
+                      f"fake score {losses['fake_score']:.4g}", flush=True)
+
+        distiller.train(job.folder, on_progress=on_progress)  # every rank takes part in a save, rank 0 writes
+        if rank == 0:
+            ema = distiller.ema.module
+            save_network(job.folder / STUDENT_FILE, merged_copy(ema) if has_lora(ema) else ema,
+                         {"preset": "custom-sigma", "sigma": job.config.init_sigma, "method": job.config.method,
+                          "teacher": job.config.teacher_id, "steps": distiller.step})
+            # custom-sigma at init_sigma is what "edm" means when init_sigma is 2.5; it also covers other values
+            print(f"student written to {job.folder / STUDENT_FILE}", flush=True)
 
 
 if __name__ == "__main__":
