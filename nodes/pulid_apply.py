@@ -207,8 +207,9 @@ def check_sdxl_model(model, pulid: PulidModel) -> None:
             found = "missing" if attention is None else f"{attention.to_q.out_features} wide"
             raise PulidApplyError(
                 f"{NODE}: {pulid.name} is PuLID for SDXL, but this {type(model.model).__name__} model's "
-                f"cross-attention {block} {block_id}.{index} is {found} (SDXL: {expected}). Use an SDXL-family "
-                "model (SDXL, an SDXL one-step student), or Apply PuLID FLUX with FLUX weights for FLUX."
+                f"cross-attention {block} {block_id}.{index} is {found} (the file's ID projections there: "
+                f"{expected}; SDXL's: {SDXL_CROSS_ATTENTION_SLOTS[slot][3]}). Use an SDXL-family model (SDXL, an "
+                "SDXL one-step student), or Apply PuLID FLUX with FLUX weights for FLUX."
             )
 
 

@@ -148,13 +148,25 @@ def official_keys(state_dict: dict[str, torch.Tensor], layout: Layout) -> dict[s
     return {rename(key): value for key, value in state_dict.items()}
 
 
-def official_model(layout: Layout) -> nn.Module:
-    """The official-size module for a layout, built on the meta device (loading assigns the file's tensors)."""
+def official_model(layout: Layout, sdxl_widths: list[int] | None = None) -> nn.Module:
+    """The official-size module for a layout, built on the meta device (loading assigns the file's tensors);
+    ``sdxl_widths``: the SDXL ID projections' widths instead of SDXL's 640 / 1280."""
     with torch.device("meta"):
         encoder = ENCODERS[layout.encoder]()
         if layout.base == "flux":
             return PuLIDFlux(encoder, [PerceiverAttentionCA() for _ in flux_injection_indices()])
-        return PuLIDSDXL(encoder, [hidden for *_, hidden in SDXL_CROSS_ATTENTION_SLOTS])
+        return PuLIDSDXL(encoder, sdxl_widths or [hidden for *_, hidden in SDXL_CROSS_ATTENTION_SLOTS])
+
+
+def sdxl_projection_widths(state_dict: dict[str, torch.Tensor]) -> list[int]:
+    """The width of each SDXL slot's ID projections as the file has them (SDXL's where a key is missing, which
+    strict loading then names). Apply PuLID checks them against the model's cross-attentions, so a file made for
+    an SDXL-structured network of other widths loads and one that does not fit the model is refused there."""
+    widths = []
+    for slot, (*_, official) in enumerate(SDXL_CROSS_ATTENTION_SLOTS):
+        key = state_dict.get(f"id_adapter_attn_layers.{2 * slot + 1}.id_to_k.weight")
+        widths.append(key.shape[0] if isinstance(key, torch.Tensor) and key.dim() == 2 else official)
+    return widths
 
 
 def load_pulid(path: str | Path, model: nn.Module | None = None) -> tuple[Layout, nn.Module]:
@@ -162,9 +174,11 @@ def load_pulid(path: str | Path, model: nn.Module | None = None) -> tuple[Layout
     strict key and shape matching. Returns the layout and the module, holding the file's dtype."""
     state_dict = read_tensors(path, "PuLID weights")
     layout = detect_layout(state_dict)
-    model = official_model(layout) if model is None else model
+    state_dict = official_keys(state_dict, layout)
+    if model is None:
+        model = official_model(layout, sdxl_projection_widths(state_dict) if layout.base == "sdxl" else None)
     try:
-        model.load_state_dict(official_keys(state_dict, layout), strict=True, assign=True)
+        model.load_state_dict(state_dict, strict=True, assign=True)
     except RuntimeError as error:
         raise PulidWeightsError(
             f"{Path(path).name} is laid out as {layout.name} {layout.version} but {error}"

@@ -106,15 +106,16 @@ EVA_CLIP_FILE = f"random_eva02_clip_l14_336_v{FILES_VERSION}.pt"
 FACE_PARSING_FILE = f"random_parsing_bisenet_v{FILES_VERSION}.pth"
 
 
-def random_pulid_v11_state_dict(seed: int = 4) -> dict[str, torch.Tensor]:
+def random_pulid_v11_state_dict(seed: int = 4, widths: dict[int, int] | None = None) -> dict[str, torch.Tensor]:
     """PuLID v1.1 for SDXL at the official size, in the official key layout (``id_adapter.*`` +
-    ``id_adapter_attn_layers.{1..139}.id_to_k|v``), random weights."""
+    ``id_adapter_attn_layers.{1..139}.id_to_k|v``), random weights; ``widths`` maps SDXL's cross-attention widths
+    (640, 1280) to those of another SDXL-structured network."""
     from onestep.pulid.encoders import IDFormer
     from onestep.pulid.weights import SDXL_CROSS_ATTENTION_SLOTS, PuLIDSDXL
 
     torch.manual_seed(seed)
-    module = _randomize(PuLIDSDXL(IDFormer(), [hidden for *_, hidden in SDXL_CROSS_ATTENTION_SLOTS]))
-    return _half(module.state_dict())
+    hidden_sizes = [(widths or {}).get(hidden, hidden) for *_, hidden in SDXL_CROSS_ATTENTION_SLOTS]
+    return _half(_randomize(PuLIDSDXL(IDFormer(), hidden_sizes)).state_dict())
 
 
 def random_eva_clip_state_dict(seed: int = 5) -> dict[str, torch.Tensor]:
@@ -165,6 +166,13 @@ def ensure_random_pulid_files(cache_dir: Path) -> dict[str, Path]:
 SDXL_STRUCTURE_UNET_CONFIG = {**SDXL_UNET_CONFIG, "channel_mult": [1, 1, 1]}
 SDXL_CHECKPOINT_FILE = f"random_sdxl_structure_v{FILES_VERSION}.safetensors"
 DMD2_STUDENT_FILE = f"random_dmd2_sdxl_1step_unet_v{FILES_VERSION}.safetensors"
+PULID_SDXL_STRUCTURE_FILE = f"random_pulid_v1.1_sdxl_structure_v{FILES_VERSION}.safetensors"
+
+
+def sdxl_structure_widths() -> dict[int, int]:
+    """SDXL's cross-attention widths (levels 1 and 2: 640, 1280) -> the SDXL-structured network's."""
+    channels, mult = SDXL_STRUCTURE_UNET_CONFIG["model_channels"], SDXL_STRUCTURE_UNET_CONFIG["channel_mult"]
+    return {640: channels * mult[1], 1280: channels * mult[2]}
 
 
 def random_unet_state_dict(config: dict, seed: int) -> dict[str, torch.Tensor]:
@@ -198,12 +206,19 @@ def write_random_sdxl_checkpoint(path: Path, seed: int = 7) -> None:
 
 
 def ensure_random_sdxl_files(cache_dir: Path) -> dict[str, Path]:
-    """Write (once) a random SDXL-structured checkpoint and a random SDXL-structured UNet named and tagged as DMD2's
-    1-step student into ``cache_dir`` (~2.4 GB together)."""
+    """Write (once) a random SDXL-structured checkpoint, a random SDXL-structured UNet named as DMD2's 1-step
+    student, and PuLID v1.1 with its ID projections as wide as that network's cross-attentions, into ``cache_dir``
+    (~2.6 GB together)."""
+    from pack_loader import load_pack
+
+    load_pack()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"checkpoint": cache_dir / SDXL_CHECKPOINT_FILE, "dmd2": cache_dir / DMD2_STUDENT_FILE}
+    paths = {"checkpoint": cache_dir / SDXL_CHECKPOINT_FILE, "dmd2": cache_dir / DMD2_STUDENT_FILE,
+             "pulid": cache_dir / PULID_SDXL_STRUCTURE_FILE}
     if not paths["checkpoint"].exists():
         write_random_sdxl_checkpoint(paths["checkpoint"])
     if not paths["dmd2"].exists():
         _save(paths["dmd2"], random_sdxl_structure_unet_state_dict(seed=9))
+    if not paths["pulid"].exists():
+        _save(paths["pulid"], random_pulid_v11_state_dict(seed=10, widths=sdxl_structure_widths()))
     return paths

@@ -23,7 +23,8 @@ RANDOM_SD15_FILES = {
 # SDXL-structured files (tools/random_models.py: SDXL's blocks at one width, detected as SDXL) under their own names:
 # the e2e tier points the DMD2 workflows at them; the names the workflows ship with stay placeholders.
 RANDOM_SDXL_FILES = {"checkpoints/random_sdxl_structure.safetensors": "checkpoint",
-                     "diffusion_models/random_dmd2_sdxl_1step_unet_fp16.safetensors": "dmd2"}
+                     "diffusion_models/random_dmd2_sdxl_1step_unet_fp16.safetensors": "dmd2",
+                     "pulid/random_pulid_v1.1_sdxl_structure.safetensors": "pulid"}
 # Official-size PuLID v1.1, EVA-CLIP and BiSeNet face parser with random weights, under the names the workflows use.
 RANDOM_PULID_FILES = {"pulid/pulid_v1.1.safetensors": "pulid", "clip_vision/EVA02_CLIP_L_336_psz14_s6B.pt": "eva_clip",
                       "facexlib/parsing_bisenet.pth": "face_parsing"}

@@ -1,5 +1,6 @@
 """PuLID on a DMD2 student in-process: Apply PuLID in front of OneStep Generate with the DMD2 1-step preset, on a small
-SDXL-structured model (the e2e tier cannot afford SDXL's full widths, which PuLID's projections need)."""
+SDXL-structured model with small PuLID weights, where the identity's effect is large enough to see (the shipped
+workflow runs on the server in tests/e2e/test_few_step_workflows.py)."""
 
 import comfy.supported_models
 import numpy as np

@@ -23,6 +23,7 @@ from onestep.pulid.weights import (
     expect_base,
     load_pulid,
     official_model,
+    sdxl_projection_widths,
 )
 from safetensors.torch import save_file
 
@@ -211,6 +212,20 @@ def test_flux_layout(tmp_path):
     assert (layout.name, layout.base, layout.version) == ("pulid_flux", "flux", "v1.1")
     assert_loaded(model, state)
     assert len(model.pulid_ca) == 20
+
+
+def test_the_sdxl_projection_widths_are_read_from_the_file():
+    """A file for an SDXL-structured network of other widths loads as wide as it is (Apply PuLID then checks the
+    widths against the model's cross-attentions); a missing projection keeps SDXL's width, for strict loading to
+    name it."""
+    state = random_state(small_sdxl("IDFormer"))
+    assert sdxl_projection_widths(state) == [4 if hidden == 640 else 6 for *_, hidden in SDXL_CROSS_ATTENTION_SLOTS]
+    del state["id_adapter_attn_layers.139.id_to_k.weight"]
+    assert sdxl_projection_widths(state)[-1] == 1280
+    widths = [320] * 70
+    model = official_model(Layout("pulid_sdxl", "sdxl", "IDFormer"), widths)
+    assert [model.projection(slot).id_to_v.weight.shape for slot in (0, 69)] == [(320, 2048)] * 2
+    assert shapes_of(model.id_adapter) == shapes_of(official_model(Layout("pulid_sdxl", "sdxl", "IDFormer")).id_adapter)
 
 
 def test_wrong_base_both_ways():
