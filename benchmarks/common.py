@@ -54,14 +54,20 @@ def time_call(function, device: torch.device) -> float:
     return time.perf_counter() - started
 
 
-def interleaved_medians(functions: dict, repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of each function, run in turn with the order reversed every other round (A B C, C B A, ...)
-    so that drift and whatever the first call of a round pays (allocator, caches) hit all alike."""
+def interleaved_samples(functions: dict, repeats: int, device: torch.device) -> dict[str, list[float]]:
+    """Seconds of each call of each function, run in turn with the order reversed every other round (A B C, C B A,
+    ...) so that drift and whatever the first call of a round pays (allocator, caches) hit all alike."""
     samples = {name: [] for name in functions}
     for round_index in range(repeats):
         names = list(functions) if round_index % 2 == 0 else list(reversed(functions))
         for name in names:
             samples[name].append(time_call(functions[name], device))
+    return samples
+
+
+def interleaved_medians(functions: dict, repeats: int, device: torch.device) -> dict[str, float]:
+    """Median seconds of each function, timed by ``interleaved_samples``."""
+    samples = interleaved_samples(functions, repeats, device)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
