@@ -106,7 +106,8 @@ FILE_NAME_PRESETS = [
 PRESETS = ["auto", "sid-lsg", "edm", "sim-pixart", *FEW_STEP_PRESETS, "custom-sigma", "custom-timestep"]
 PRESET_TOOLTIP = (
     "auto: the preset stored in the student file, else one recognised from the file name (OneStep Load Student), "
-    "else chosen from the model type. "
+    "else chosen from the model type (SD1.5 / SD2.x: sid-lsg, EDM: edm, PixArt: sim-pixart); a LoRA student or an "
+    "SDXL checkpoint from another loader needs its preset chosen. "
     "sid-lsg: SD1.5 / SD2.1-base students, timestep 625 (sigma 2.5017). "
     "edm: EDM-style SiD students, sigma 2.5. "
     "sim-pixart: SIM-DiT (PixArt-alpha), the discrete timestep nearest sigma 2.5. "
@@ -179,16 +180,31 @@ def resolve_preset(preset: str, model) -> tuple[str, float | None]:
         if info.preset == "custom-sigma":
             return info.preset, info.sigma
         return info.preset, None
+    family = family_of(model)
+    if model.patches:
+        raise _auto_cannot_tell(model, family, "its weights are patched (a LoRA from ComfyUI's LoRA loader, or a "
+                                               "merge), and the patch does not say which student it makes")
     schedule = schedule_of(model)
     if schedule.is_pixart:
         return "sim-pixart", None
     if schedule.is_ddpm:
+        if family not in ("sd15", "sd2"):  # SiD-LSG's students; an SDXL file from another loader is unnamed
+            raise _auto_cannot_tell(model, family, "it came from a loader that does not pass on the file's name")
         return "sid-lsg", None
     if schedule.is_edm:
         return "edm", None
     raise PresetError(
         f"preset 'auto' cannot tell how to sample a {type(model.model).__name__} model "
         f"({type(schedule.model_sampling).__name__}); choose custom-sigma and give the student's noise level."
+    )
+
+
+def _auto_cannot_tell(model, family: str, why: str) -> PresetError:
+    fits = ", ".join(repr(p) for p in presets_for_family(family)) or "'custom-sigma' with the student's noise level"
+    return PresetError(
+        f"preset 'auto' cannot tell which student this {FAMILY_NAMES.get(family, family)} model "
+        f"({type(model.model).__name__}) is: {why}. Choose the student's preset ({fits}; README table), or load a "
+        "UNet student with OneStep Load Student, which reads its file."
     )
 
 
