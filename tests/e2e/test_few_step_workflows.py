@@ -7,6 +7,7 @@ width, which ComfyUI detects and samples as SDXL): the checkpoint's text encoder
 release and, for PuLID, official-size PuLID v1.1 whose 70 ID projections are as wide as that network's
 cross-attentions (SDXL's full widths would need its 2.6B-parameter UNet, 10 GB in float32 on this CPU).
 """
+
 import io
 import json
 from urllib.parse import urlencode
@@ -91,8 +92,8 @@ def test_a_four_step_preset_with_one_step_is_refused_by_name(server):
 def test_pulid_on_the_dmd2_student_runs_end_to_end(server):
     """The shipped graph: the reference photo parsed and embedded, the identity applied to DMD2's one step, and ID
     Similarity reporting on the image. The identity moves the step's latent (against the same graph without Apply
-    PuLID) as much as a new prompt does: on random weights both are small (~1e-4; the random VAE decodes nearly every
-    latent to the same gray), a new seed moves it by ~40."""
+    PuLID) by the order a new prompt does: on random weights both are small (7e-5 and 1.5e-4 here; the random VAE
+    decodes nearly every latent to the same gray), a new seed moves it by ~40."""
     prompt = with_saved_latent(on_random_files("onestep_pulid_dmd2_sdxl"))
     result = server.run_prompt(prompt)
     assert result["error"] is None, result["error"]
