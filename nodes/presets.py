@@ -106,8 +106,8 @@ FILE_NAME_PRESETS = [
 PRESETS = ["auto", "sid-lsg", "edm", "sim-pixart", *FEW_STEP_PRESETS, "custom-sigma", "custom-timestep"]
 PRESET_TOOLTIP = (
     "auto: the preset stored in the student file, else one recognised from the file name (OneStep Load Student), "
-    "else chosen from the model type (SD1.5 / SD2.x: sid-lsg, EDM: edm, PixArt: sim-pixart); a LoRA student or an "
-    "SDXL checkpoint from another loader needs its preset chosen. "
+    "else edm for EDM models and sim-pixart for PixArt; an SD1.5 / SD2.x / SDXL model from another loader, or one "
+    "with a LoRA, says nothing of which student it is: choose its preset. "
     "sid-lsg: SD1.5 / SD2.1-base students, timestep 625 (sigma 2.5017). "
     "edm: EDM-style SiD students, sigma 2.5. "
     "sim-pixart: SIM-DiT (PixArt-alpha), the discrete timestep nearest sigma 2.5. "
@@ -187,10 +187,8 @@ def resolve_preset(preset: str, model) -> tuple[str, float | None]:
     schedule = schedule_of(model)
     if schedule.is_pixart:
         return "sim-pixart", None
-    if schedule.is_ddpm:
-        if family not in ("sd15", "sd2"):  # SiD-LSG's students; an SDXL file from another loader is unnamed
-            raise _auto_cannot_tell(model, family, "it came from a loader that does not pass on the file's name")
-        return "sid-lsg", None
+    if schedule.is_ddpm:  # SD1.5 / SD2.x / SDXL: a SiD-LSG student, SD-Turbo or SDXL-Turbo, nothing tells which
+        raise _auto_cannot_tell(model, family, "it came from a loader that does not pass on the file's name")
     if schedule.is_edm:
         return "edm", None
     raise PresetError(

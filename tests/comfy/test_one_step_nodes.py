@@ -77,7 +77,7 @@ def test_edm_preset_matches_karras_preconditioning(tiny_edm):
 def test_sampler_and_sigmas_through_stock_sampler_custom_match_generate(tiny_sd15):
     positive = conditioning(2)
     for steps in (1, 3):
-        sampler = OneStepSampler.execute().result[0]
+        sampler = OneStepSampler.execute("sid-lsg").result[0]
         sigmas = OneStepSigmas.execute(tiny_sd15, "sid-lsg", steps, 0.0).result[0]
         latent = {"samples": torch.zeros([2, 4, 6, 8])}
         output = SamplerCustom.execute(tiny_sd15, True, 7, 1.0, positive, positive, sampler, sigmas, latent)
@@ -104,13 +104,15 @@ def test_k_step_renoises_with_fresh_noise_and_is_reproducible(tiny_sd15):
     assert not torch.allclose(two, other_seed)
 
 
-def test_auto_preset_picks_sid_lsg_for_ddpm_and_edm_for_edm_models(tiny_sd15, tiny_edm):
-    assert float(OneStepSigmas.execute(tiny_sd15, "auto", 1, 0.0).result[0][0]) == pytest.approx(2.5017, abs=1e-3)
+def test_auto_preset_picks_edm_for_edm_models_and_asks_for_the_preset_of_a_stock_sd_model(tiny_sd15, tiny_edm):
+    """A stock loader passes on no file name: an SD1.5 UNet could be a SiD-LSG student or a TCD / Hyper-SD one."""
+    with pytest.raises(PresetError, match=r"cannot tell which student this SD1.5 model .*'tcd', 'sid-lsg'"):
+        OneStepSigmas.execute(tiny_sd15, "auto", 1, 0.0)
     assert float(OneStepSigmas.execute(tiny_edm, "auto", 1, 0.0).result[0][0]) == pytest.approx(2.5)
 
 
 def test_wrong_latent_channels_name_the_node_and_the_fix(tiny_sd15):
-    sampler = OneStepSampler.execute().result[0]
+    sampler = OneStepSampler.execute("sid-lsg").result[0]
     sigmas = OneStepSigmas.execute(tiny_sd15, "sid-lsg", 1, 0.0).result[0]
     latent = {"samples": torch.ones([1, 16, 6, 8])}
     with pytest.raises(OneStepInputError, match=r"OneStep Sampler: the latent has 16 channels .* expects 4"):
@@ -167,4 +169,4 @@ def test_sid_lsg_preset_refuses_a_continuous_edm_model(tiny_edm):
 
 def test_a_size_that_is_not_a_multiple_of_the_latent_downscale_is_refused(tiny_sd15):
     with pytest.raises(OneStepInputError, match="OneStep Generate: 60x48 is not a multiple of 8.*56x48"):
-        generate(tiny_sd15, conditioning(), width=60)
+        generate(tiny_sd15, conditioning(), preset="sid-lsg", width=60)
