@@ -208,7 +208,7 @@ def write_random_sdxl_checkpoint(path: Path, seed: int = 7) -> None:
 def ensure_random_sdxl_files(cache_dir: Path) -> dict[str, Path]:
     """Write (once) a random SDXL-structured checkpoint, a random SDXL-structured UNet named as DMD2's 1-step
     student, and PuLID v1.1 with its ID projections as wide as that network's cross-attentions, into ``cache_dir``
-    (~2.6 GB together)."""
+    (~4.2 GB together)."""
     from pack_loader import load_pack
 
     load_pack()

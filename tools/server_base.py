@@ -62,7 +62,7 @@ def build_server_base(base: Path, random_weights: bool) -> Path:
     """Lay out ``base`` for ``ComfyServer(..., base, ...)``.
 
     ``random_weights``: full-size random SD1.5 and PuLID files (cached in .cache/models; minutes and ~6 GB the
-    first time) where the workflows name them, and SDXL-structured ones (~3.7 GB) under RANDOM_SDXL_FILES' names;
+    first time) where the workflows name them, and SDXL-structured ones (~4.2 GB) under RANDOM_SDXL_FILES' names;
     otherwise placeholders there too.
     """
     (base / "custom_nodes").mkdir(parents=True)
