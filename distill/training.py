@@ -161,7 +161,7 @@ class DistillConfig:
         """Fill every setting left None from the official recipe of the method's view (distill/recipes.py)."""
         if self.view is None:
             self.view = METHOD_VIEWS[self.method]
-        recipe = recipe_for(self.view, self.ddpm_table)
+        recipe = self.recipe()
         for name, value in (("lr_generator", recipe.lr), ("lr_fake_score", recipe.lr), ("alpha", recipe.alpha),
                             ("init_sigma", recipe.init_sigma())):
             if getattr(self, name) is None:

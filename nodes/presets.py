@@ -198,11 +198,10 @@ def resolve_preset(preset: str, model) -> tuple[str, float | None]:
 
 
 def _auto_cannot_tell(model, family: str, why: str) -> PresetError:
-    fits = ", ".join(repr(p) for p in presets_for_family(family)) or "'custom-sigma' with the student's noise level"
     return PresetError(
         f"preset 'auto' cannot tell which student this {FAMILY_NAMES.get(family, family)} model "
-        f"({type(model.model).__name__}) is: {why}. Choose the student's preset ({fits}; README table), or load a "
-        "UNet student with OneStep Load Student, which reads its file."
+        f"({type(model.model).__name__}) is: {why}. Choose the student's preset ({presets_for_family(family)}; README "
+        "table), or load a UNet student with OneStep Load Student, which reads its file."
     )
 
 
@@ -230,19 +229,19 @@ def family_of(model) -> str:
     return type(config).__name__
 
 
-def presets_for_family(family: str) -> list[str]:
-    """The presets that fit a family, for error messages: the few-step ones, then the pack's own."""
+def presets_for_family(family: str) -> str:
+    """The presets that fit a family, for error messages: the few-step ones, then the pack's own (or custom-sigma)."""
     found = [name for name, preset in FEW_STEP_PRESETS.items() if family in preset.families]
-    return found + (["sid-lsg"] if family in ("sd15", "sd2") else [])
+    found += ["sid-lsg"] if family in ("sd15", "sd2") else []
+    return ", ".join(repr(name) for name in found) or "'custom-sigma' with the student's noise level"
 
 
 def _family_error(node: str, name: str, preset: FewStepPreset, model, family: str) -> PresetError:
     wanted = " or ".join(FAMILY_NAMES[f] for f in preset.families)
-    fits = presets_for_family(family)
-    advice = f"use {', '.join(repr(p) for p in fits)}" if fits else "use 'custom-sigma' with the student's noise level"
     return PresetError(
         f"{node}: preset '{name}' is for {preset.student} ({wanted}); this model is "
-        f"{FAMILY_NAMES.get(family, family)} ({type(model.model).__name__}). For this model {advice}."
+        f"{FAMILY_NAMES.get(family, family)} ({type(model.model).__name__}). For this model use "
+        f"{presets_for_family(family)}."
     )
 
 

@@ -39,6 +39,7 @@ from .safety import GALLERY
 
 NODE = "Apply PuLID"
 FLUX_NODE = "Apply PuLID FLUX"
+V1_1_WEIGHT = PRESETS["v1.1"].default_weight  # the official v1.1 app's ID scale, offered in the texts only
 PRESET_NAMES = ("fidelity", "style", "neutral", "v1.1", "custom")
 TXT_LEN_KEY = "onestep_pulid_txt_tokens"  # per-call transformer_options entry: FLUX text tokens before the image
 MASK_ASPECT_TOLERANCE = 0.02
@@ -271,7 +272,7 @@ def common_inputs():
         PULID_EMBEDDING.Input("embedding", tooltip="From PuLID Embed Face."),
         io.Float.Input("weight", default=1.0, min=-1.0, max=5.0, step=0.05,
                        tooltip="Strength of the identity (the official id_scale): 0.8-1.0 typical; the official v1 and "
-                               "v1.1 apps' default is 0.8. Every preset uses this value."),
+                               f"v1.1 apps' default is {V1_1_WEIGHT:g}. Every preset uses this value."),
         io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.01,
                        tooltip="Fraction of the schedule where injection starts (0 = first step). On a one-step "
                                "student its single step is at 0: keep 0."),
@@ -311,14 +312,14 @@ class ApplyPuLID(io.ComfyNode):
             description="Insert a face's identity into an SDXL-family model (SDXL, SDXL one-step students) through "
                         "its cross-attentions, with PuLID v1 / v1.1 weights. Presets: fidelity (ortho_v2, 8 zero "
                         "tokens), style (ortho, 16), neutral (no projection), v1.1 (ortho_v2, 20; the official "
-                        "default weight is 0.8), or custom (projection and zero tokens below).",
+                        f"default weight is {V1_1_WEIGHT:g}), or custom (projection and zero tokens below).",
             inputs=[
                 *common_inputs(),
                 io.Combo.Input("preset", options=list(PRESET_NAMES), default="fidelity",
                                tooltip="fidelity: closest likeness. style: more freedom for the prompt's style. "
                                        "neutral: plain addition. v1.1: the v1.1 app's ortho_v2 with 20 zero "
-                                       "tokens (its default weight is 0.8; the weight input is used as set). "
-                                       "custom: the two inputs below."),
+                                       f"tokens (its default weight is {V1_1_WEIGHT:g}; the weight input is used as "
+                                       "set). custom: the two inputs below."),
                 io.Combo.Input("projection", options=["none", "ortho", "ortho_v2"], default="ortho_v2",
                                tooltip="custom preset only: how the ID attention is combined with the text "
                                        "attention (ortho removes the part parallel to it; ortho_v2 weighs that by "
